@@ -1,0 +1,107 @@
+"""The Thinker language model: decoder stack plus LM head, with chunked prefill and one-token decode."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .cache import InferenceCache
+from .config import TextConfig
+from .decoder import Decoder, DecoderOutput
+from .modules.moe import load_balancing_loss
+
+
+class InputError(ValueError):
+    """Input a user gave that the model cannot take (empty, out of vocabulary, too long)."""
+
+
+class ThinkerLM(nn.Module):
+    """Hybrid-attention MoE causal LM; parameter names follow the Hugging Face `model.*` / `lm_head` layout."""
+
+    def __init__(self, config: TextConfig):
+        super().__init__()
+        self.config = config
+        self.model = Decoder(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> InferenceCache:
+        """An empty inference state for `batch_size` rows and up to `max_len` tokens (default: the context limit)."""
+        max_len = max_len or self.config.max_position_embeddings
+        if max_len > self.config.max_position_embeddings:
+            raise InputError(f"cache of {max_len} tokens exceeds the context limit of "
+                             f"{self.config.max_position_embeddings} tokens")
+        return InferenceCache(self.config, batch_size, max_len, self.dtype, self.device)
+
+    def check_input_ids(self, input_ids: torch.Tensor, cache: InferenceCache | None = None) -> None:
+        """Raise InputError for an empty prompt, ids outside the vocabulary, or a sequence beyond the context."""
+        if input_ids.dim() != 2:
+            raise InputError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+        if input_ids.shape[1] == 0:
+            raise InputError("empty prompt: input_ids has no tokens")
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise InputError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
+        total = input_ids.shape[1] + (cache.length if cache is not None else 0)
+        if total > self.config.max_position_embeddings:
+            raise InputError(f"{total} tokens exceed the context limit of {self.config.max_position_embeddings}")
+
+    def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                cache: InferenceCache | None = None, logits_to_keep: int = 0, output_hidden_states: bool = False,
+                output_router_logits: bool = False) -> tuple[torch.Tensor, DecoderOutput]:
+        """Logits (B, S or logits_to_keep, V) and the decoder output for S new tokens."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise InputError("pass exactly one of input_ids or inputs_embeds")
+        if input_ids is not None:
+            self.check_input_ids(input_ids, cache)
+        elif inputs_embeds.shape[1] == 0:
+            raise InputError("empty prompt: inputs_embeds has no positions")
+        out = self.model(input_ids, inputs_embeds, position_ids, attention_mask, cache, output_hidden_states,
+                         output_router_logits)
+        h = out.last_hidden_state
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        return self.lm_head(h), out
+
+    def prefill(self, input_ids: torch.Tensor, cache: InferenceCache, attention_mask: torch.Tensor | None = None,
+                chunk_size: int = 2048, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed a prompt in chunks of `chunk_size`; return the last position's logits (B, V)."""
+        self.check_input_ids(input_ids, cache)
+        s = input_ids.shape[1]
+        logits = None
+        for i in range(0, s, chunk_size):
+            sl = slice(i, min(s, i + chunk_size))
+            pos = None if position_ids is None else position_ids[..., sl]
+            mask = None if attention_mask is None else attention_mask[:, sl]
+            logits, _ = self(input_ids[:, sl], position_ids=pos, attention_mask=mask, cache=cache, logits_to_keep=1)
+        return logits[:, -1]
+
+    def decode(self, tokens: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
+        """One step: tokens (B,) -> next-token logits (B, V)."""
+        logits, _ = self.model_step(tokens.view(-1, 1), cache)
+        return logits[:, -1]
+
+    def model_step(self, tokens: torch.Tensor, cache: InferenceCache):
+        """Decode without re-validating ids (they came from sampling); returns (logits, decoder output)."""
+        if cache.length + tokens.shape[1] > self.config.max_position_embeddings:
+            raise InputError(f"generation reached the context limit of {self.config.max_position_embeddings} tokens")
+        out = self.model(tokens, cache=cache)
+        return self.lm_head(out.last_hidden_state), out
+
+    def aux_loss(self, out: DecoderOutput, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Router load-balancing loss from a forward run with output_router_logits=True."""
+        if not out.router_logits:
+            raise ValueError("run forward with output_router_logits=True first")
+        return load_balancing_loss(out.router_logits, self.config.num_experts, self.config.num_experts_per_tok,
+                                   attention_mask)

@@ -1,0 +1,250 @@
+"""Safetensors checkpoint I/O and the one name map between Hugging Face layouts and omnistream modules."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .config import ConfigError, TextConfig
+from .modules.rope import MultimodalRotary
+from .thinker import ThinkerLM
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory or file that cannot be loaded as asked."""
+
+
+# (checkpoint prefix, omnistream prefix), first match wins; covers Qwen3.5 (VL and text-only) and Qwen3-Omni
+# (original release layout and transformers' runtime names).
+_PREFIXES = [
+    ("thinker.model.language_model.", "model."),
+    ("thinker.model.", "model."),
+    ("thinker.lm_head.", "lm_head."),
+    ("model.language_model.", "model."),
+    ("model.", "model."),
+    ("lm_head.", "lm_head."),
+]
+_OTHER_COMPONENT = re.compile(r"(^|\.)(audio_tower|visual)\.|^(talker|code2wav|mtp)\.")
+_PER_EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+
+
+@dataclass
+class CheckpointLayout:
+    """How a checkpoint names things, so that saving writes the same layout back."""
+
+    lm_prefix: str = "model."
+    head_prefix: str = "lm_head."
+    per_expert: bool = False
+    config: dict = field(default_factory=dict)
+    passthrough: dict[str, Path] = field(default_factory=dict)  # other components' tensors -> source file
+
+
+def _shard_files(directory: Path) -> list[Path]:
+    """The safetensors files of a checkpoint, from its index json when present."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from e
+        files = [directory / name for name in sorted(set(weight_map.values()))]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"{index} lists shards that do not exist: {', '.join(missing)}")
+        return files
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"no .safetensors files in {directory}")
+    return files
+
+
+def _iter_tensors(files: list[Path]):
+    """Yield (file, name, lazy getter) for every tensor, turning corrupt files into CheckpointError."""
+    for path in files:
+        try:
+            handle = safe_open(str(path), framework="pt")
+            names = list(handle.keys())
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from e
+        for name in names:
+            yield path, name, handle
+
+
+def _get(path: Path, handle, name: str) -> torch.Tensor:
+    try:
+        return handle.get_tensor(name)
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: tensor {name!r} cannot be read; the file is truncated or corrupt ({e})") from e
+
+
+def to_omnistream_name(name: str) -> tuple[str | None, str | None]:
+    """Map a checkpoint tensor name to ours; returns (our name, the checkpoint prefix) or (None, None)."""
+    for src, dst in _PREFIXES:
+        if name.startswith(src):
+            return dst + name[len(src):], src
+    return None, None
+
+
+def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A Hugging Face-named state dict (any supported layout) -> omnistream names, experts fused."""
+    out, experts = {}, defaultdict(dict)
+    for name, tensor in state.items():
+        if _OTHER_COMPONENT.search(name):
+            continue
+        ours, _ = to_omnistream_name(name)
+        if ours is None:
+            out[name] = tensor
+            continue
+        if m := _PER_EXPERT.match(ours):
+            experts[m.group(1)][(int(m.group(2)), m.group(3))] = tensor
+        else:
+            out[ours] = tensor
+    out.update(_fuse_experts(experts))
+    return out
+
+
+def _fuse_experts(experts: dict[str, dict]) -> dict[str, torch.Tensor]:
+    """Per-expert gate/up/down matrices -> gate_up_proj (E, 2I, H) and down_proj (E, H, I)."""
+    fused = {}
+    for base, parts in experts.items():
+        n = 1 + max(e for e, _ in parts)
+        missing = [f"{base}.{e}.{p}_proj.weight" for e in range(n) for p in ("gate", "up", "down")
+                   if (e, f"{p}_proj") not in parts]
+        if missing:
+            raise CheckpointError("missing expert tensors: " + ", ".join(missing[:10]))
+        fused[f"{base}.gate_up_proj"] = torch.stack(
+            [torch.cat([parts[(e, "gate_proj")], parts[(e, "up_proj")]]) for e in range(n)])
+        fused[f"{base}.down_proj"] = torch.stack([parts[(e, "down_proj")] for e in range(n)])
+    return fused
+
+
+def load_state_into(model: ThinkerLM, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+    """Copy a converted state dict into the model, raising one error that lists every mismatch."""
+    expected = model.state_dict()
+    if model.config.tie_word_embeddings:
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+        expected.pop("lm_head.weight", None)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
+    if missing or unexpected or shapes:
+        lines = [f"checkpoint {source} does not match the model config:"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+            if items:
+                shown = ", ".join(items[:20]) + (f" ... ({len(items)} in all)" if len(items) > 20 else "")
+                lines.append(f"  {title}: {shown}")
+        raise CheckpointError("\n".join(lines))
+    with torch.no_grad():
+        for k, v in state.items():
+            expected[k].copy_(v)
+
+
+def _empty_model(config: TextConfig, dtype: torch.dtype, device) -> ThinkerLM:
+    """Allocate a model without initialising its weights (they are about to be overwritten)."""
+    with torch.device("meta"):
+        model = ThinkerLM(config)
+    model = model.to_empty(device=device).to(dtype)
+    c = config
+    model.model.rotary = MultimodalRotary(c.head_dim, c.rope_theta, c.partial_rotary_factor, c.mrope_section).to(device)
+    if c.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model.eval()
+
+
+def load_thinker(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu"):
+    """Load the Thinker LM of a checkpoint directory; returns (model, layout for saving back)."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory {directory} does not exist")
+    cfg_path = directory / "config.json"
+    if not cfg_path.is_file():
+        raise ConfigError(f"checkpoint directory {directory} has no config.json")
+    raw = json.loads(cfg_path.read_text())
+    config = TextConfig.from_file(cfg_path)
+    layout = CheckpointLayout(config=raw)
+    state, experts = {}, defaultdict(dict)
+    for file, name, handle in _iter_tensors(_shard_files(directory)):
+        if _OTHER_COMPONENT.search(name):
+            layout.passthrough[name] = file
+            continue
+        ours, prefix = to_omnistream_name(name)
+        if ours is None:
+            state[name] = _get(file, handle, name)
+            continue
+        if ours.startswith("lm_head."):
+            layout.head_prefix = prefix
+        else:
+            layout.lm_prefix = prefix
+        tensor = _get(file, handle, name).to(dtype)
+        if m := _PER_EXPERT.match(ours):
+            layout.per_expert = True
+            experts[m.group(1)][(int(m.group(2)), m.group(3))] = tensor
+        else:
+            state[ours] = tensor
+    state.update(_fuse_experts(experts))
+    model = _empty_model(config, dtype, device)
+    load_state_into(model, state, str(directory))
+    return model, layout
+
+
+def _checkpoint_names(model: ThinkerLM, layout: CheckpointLayout) -> dict[str, torch.Tensor]:
+    """Our state dict renamed (and experts split, if the source had them split) to the checkpoint's layout."""
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and model.config.tie_word_embeddings:
+            continue
+        if name.startswith("lm_head."):
+            out[layout.head_prefix + name[len("lm_head."):]] = tensor
+            continue
+        key = layout.lm_prefix + name[len("model."):]
+        if layout.per_expert and name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            base = key.rsplit(".", 1)[0]
+            if name.endswith("gate_up_proj"):
+                for e, w in enumerate(tensor):
+                    gate, up = w.chunk(2)
+                    out[f"{base}.{e}.gate_proj.weight"], out[f"{base}.{e}.up_proj.weight"] = gate, up
+            else:
+                for e, w in enumerate(tensor):
+                    out[f"{base}.{e}.down_proj.weight"] = w
+            continue
+        out[key] = tensor
+    return out
+
+
+def save_thinker(model: ThinkerLM, path: str | Path, layout: CheckpointLayout | None = None,
+                 max_shard_bytes: int = 4 << 30) -> None:
+    """Write config.json and sharded safetensors (with an index json when sharded) in the checkpoint's layout."""
+    layout = layout or CheckpointLayout()
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in _checkpoint_names(model, layout).items()}
+    handles = {}
+    for name, file in layout.passthrough.items():
+        handle = handles.setdefault(file, safe_open(str(file), framework="pt"))
+        tensors[name] = _get(file, handle, name)
+    shards, current, size = [], {}, 0
+    for name in sorted(tensors):
+        nbytes = tensors[name].numel() * tensors[name].element_size()
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name], size = tensors[name], size + nbytes
+    shards.append(current)
+    names = ["model.safetensors"] if len(shards) == 1 else [
+        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for shard, fname in zip(shards, names):
+        save_file(shard, str(directory / fname), metadata={"format": "pt"})
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+                 "weight_map": {k: fname for shard, fname in zip(shards, names) for k in shard}}
+        (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    config = layout.config or model.config.to_hf()
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
