@@ -256,7 +256,8 @@ def tiny_omni(**kw: Any) -> TextConfig:
         layout=OMNI, vocab_size=256, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
         num_key_value_heads=2, head_dim=16, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
         shared_expert_intermediate_size=0, norm_topk_prob=True, zero_centered_norm=False, attn_output_gate=False,
-        rope_theta=1e6, partial_rotary_factor=1.0, mrope_section=[2, 3, 3], max_position_embeddings=4096,
+        intermediate_size=48, rope_theta=1e6, partial_rotary_factor=1.0, mrope_section=[2, 3, 3],
+        max_position_embeddings=4096,
     )
     base.update(kw)
     return TextConfig(**base)
@@ -281,7 +282,8 @@ def qwen3_omni_30b_a3b() -> TextConfig:
         layout=OMNI, vocab_size=152064, hidden_size=2048, num_hidden_layers=48, num_attention_heads=32,
         num_key_value_heads=4, head_dim=128, num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768,
         shared_expert_intermediate_size=0, norm_topk_prob=True, zero_centered_norm=False, attn_output_gate=False,
-        rope_theta=1e6, partial_rotary_factor=1.0, mrope_section=[24, 20, 20], max_position_embeddings=65536,
+        intermediate_size=768, rope_theta=1e6, partial_rotary_factor=1.0, mrope_section=[24, 20, 20],
+        max_position_embeddings=65536,
         eos_token_id=151645,
     )
 

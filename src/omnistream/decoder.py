@@ -94,7 +94,7 @@ class Decoder(nn.Module):
 
         start, mask, is_causal = self._attention_mask(cache, pad, b, s, x.device)
         if cache is not None:
-            cache.next_pos = torch.maximum(base, position_ids.amax(dim=(0, 2)).long() + 1)
+            cache.next_pos.copy_(torch.maximum(base, position_ids.amax(dim=(0, 2)).long() + 1))
 
         out = DecoderOutput(x)
         for i, layer in enumerate(self.layers):

@@ -47,7 +47,7 @@ def stream(model: ThinkerLM, input_ids: torch.Tensor, attention_mask: torch.Tens
         seen = counts.scatter_add_(1, input_ids, real) > 0  # (B, V) tokens of the prompt, padding excluded
     stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=model.device)
     done = torch.zeros(b, dtype=torch.bool, device=model.device)
-    with torch.inference_mode():
+    with torch.no_grad():
         logits = model.prefill(input_ids, cache, attention_mask, prefill_chunk)
         for step in range(total - s):
             token = sample(logits, sampling, seen, generator)

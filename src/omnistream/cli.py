@@ -1,0 +1,91 @@
+"""The `omnistream` command line: `omnistream generate` streams a checkpoint's reply to a prompt."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from .config import ConfigError
+from .engine import SamplingParams, stream
+from .processor import StreamDecoder, Tokenizer, TokenizerError
+from .thinker import InputError
+from .weights import CheckpointError, load_thinker
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="omnistream", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    gen = commands.add_parser("generate", help="stream a text reply to a prompt",
+                              description="Stream a checkpoint's text reply to a prompt on stdout.")
+    gen.add_argument("--checkpoint", required=True, metavar="DIR",
+                     help="checkpoint directory with config.json, *.safetensors and tokenizer.json")
+    gen.add_argument("--prompt", required=True, metavar="TEXT", help="the user message")
+    gen.add_argument("--system", metavar="TEXT", help="a system message placed before the prompt")
+    gen.add_argument("--max-new-tokens", type=int, default=256, metavar="N")
+    gen.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 picks greedily (default)")
+    gen.add_argument("--top-k", type=int, default=0, metavar="K", help="0 keeps every token (default)")
+    gen.add_argument("--top-p", type=float, default=1.0, metavar="P")
+    gen.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R")
+    gen.add_argument("--seed", type=int, metavar="S", help="seed of the sampling generator")
+    gen.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    gen.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    gen.add_argument("--raw", action="store_true", help="feed the prompt as is, without the chat template")
+    gen.set_defaults(run=run_generate)
+    return parser
+
+
+def _prompt_ids(tokenizer: Tokenizer, args: argparse.Namespace) -> list[int]:
+    """Token ids of the prompt: the chat template around --system/--prompt, or the raw prompt text."""
+    if not args.prompt.strip():
+        raise InputError("--prompt is empty")
+    if args.raw:
+        return tokenizer.encode(args.prompt)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    messages.append({"role": "user", "content": args.prompt})
+    return tokenizer.encode_chat(messages)
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    """Load the checkpoint, stream the reply to stdout and a timing line to stderr."""
+    try:
+        sampling = SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.seed)
+    except ValueError as e:
+        raise InputError(str(e)) from e
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: CUDA is not available on this machine")
+    tokenizer = Tokenizer(args.checkpoint)
+    model, _ = load_thinker(args.checkpoint, DTYPES[args.dtype], args.device)
+    input_ids = torch.tensor([_prompt_ids(tokenizer, args)], dtype=torch.long, device=model.device)  # (1, S)
+    stops = tokenizer.eos_ids + [t for t in model.config.eos_token_ids if t not in tokenizer.eos_ids]
+    decoder = StreamDecoder(tokenizer)
+    start = time.perf_counter()
+    first = None
+    n = 0
+    for token in stream(model, input_ids, max_new_tokens=args.max_new_tokens, sampling=sampling, stop_tokens=stops):
+        n += 1
+        first = first or time.perf_counter()
+        sys.stdout.write(decoder.push(int(token[0])))
+        sys.stdout.flush()
+    end = time.perf_counter()
+    sys.stdout.write(decoder.flush() + "\n")
+    sys.stdout.flush()
+    rate = f"{(n - 1) / (end - first):.1f} tokens/s" if n > 1 else "n/a tokens/s"
+    print(f"prefill {input_ids.shape[1]} tokens in {(first - start) * 1e3:.1f} ms; "
+          f"generated {n} tokens, decode {rate}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; user errors print `omnistream: error: ...` and exit with status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ConfigError, CheckpointError, InputError, TokenizerError) as e:
+        print(f"omnistream: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return 0

@@ -1,0 +1,193 @@
+"""Text processing: byte-level BPE tokenizer, the ChatML chat template, and an incremental detokenizer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from tokenizers import AddedToken
+from tokenizers import Tokenizer as _HFTokenizer
+
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+END_OF_TEXT = "<|endoftext|>"
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+ROLES = ("system", "user", "assistant")
+
+
+class TokenizerError(ValueError):
+    """A tokenizer directory or chat input that cannot be used (missing files, bad messages)."""
+
+
+def _token_content(value) -> str | None:
+    """A special-token entry of tokenizer_config.json (a string or {"content": ...}) as its text."""
+    if isinstance(value, Mapping):
+        return value.get("content")
+    return value
+
+
+class Tokenizer:
+    """A checkpoint's byte-level BPE tokenizer (tokenizer.json), with its special tokens from tokenizer_config.json."""
+
+    def __init__(self, path: str | Path):
+        directory = Path(path)
+        if not directory.is_dir():
+            raise TokenizerError(f"tokenizer directory {directory} does not exist")
+        file = directory / "tokenizer.json"
+        if not file.is_file():
+            raise TokenizerError(f"checkpoint directory {directory} has no tokenizer.json")
+        try:
+            self.backend = _HFTokenizer.from_file(str(file))
+        except Exception as e:  # the tokenizers library raises a bare Exception for unparsable files
+            raise TokenizerError(f"{file}: not a valid tokenizer.json ({e})") from e
+        config = self._read_config(directory / "tokenizer_config.json")
+        self.eos_token = _token_content(config.get("eos_token"))
+        self.pad_token = _token_content(config.get("pad_token"))
+        self._check_added_tokens(directory / "tokenizer_config.json", config.get("added_tokens_decoder") or {})
+
+    @staticmethod
+    def _read_config(file: Path) -> dict:
+        """tokenizer_config.json as a dict; {} when the file is absent."""
+        if not file.is_file():
+            return {}
+        try:
+            config = json.loads(file.read_text())
+        except json.JSONDecodeError as e:
+            raise TokenizerError(f"{file}: not valid JSON ({e})") from e
+        if not isinstance(config, dict):
+            raise TokenizerError(f"{file}: expected a JSON object, got {type(config).__name__}")
+        return config
+
+    def _check_added_tokens(self, file: Path, decoder: Mapping[str, Mapping]) -> None:
+        """Add tokens listed in added_tokens_decoder that tokenizer.json lacks; raise if any id disagrees."""
+        for tid, entry in sorted(decoder.items(), key=lambda kv: int(kv[0])):
+            content = entry["content"]
+            if self.backend.token_to_id(content) is None:
+                token = AddedToken(content, single_word=entry.get("single_word", False),
+                                   lstrip=entry.get("lstrip", False), rstrip=entry.get("rstrip", False),
+                                   normalized=entry.get("normalized", False), special=entry.get("special", False))
+                if entry.get("special", False):
+                    self.backend.add_special_tokens([token])
+                else:
+                    self.backend.add_tokens([token])
+            have = self.backend.token_to_id(content)
+            if have != int(tid):
+                raise TokenizerError(f"{file}: added token {content!r} has id {tid}, but tokenizer.json gives {have}")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def eos_ids(self) -> list[int]:
+        """Ids that end a reply: <|im_end|>, <|endoftext|> and the configured eos token, those that exist."""
+        ids = []
+        for token in (IM_END, END_OF_TEXT, self.eos_token):
+            tid = None if token is None else self.backend.token_to_id(token)
+            if tid is not None and tid not in ids:
+                ids.append(tid)
+        return ids
+
+    @property
+    def pad_id(self) -> int | None:
+        return None if self.pad_token is None else self.backend.token_to_id(self.pad_token)
+
+    def token_to_id(self, token: str) -> int | None:
+        """The id of one vocabulary entry, or None when the vocabulary lacks it."""
+        return self.backend.token_to_id(token)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; special-token strings in it (e.g. <|im_start|>) become their single ids."""
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """Text of `ids`; invalid UTF-8 (a cut multi-byte character) decodes to U+FFFD."""
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def encode_chat(self, messages: Sequence[Mapping], add_generation_prompt: bool = True,
+                    enable_thinking: bool | None = None) -> list[int]:
+        """Token ids of `chat_template(messages, ...)`."""
+        return self.encode(chat_template(messages, add_generation_prompt, enable_thinking))
+
+
+def _message_text(index: int, message: Mapping) -> str:
+    """The text of one message: a string, or a list of {"type": "text", "text": ...} parts joined."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        texts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise TokenizerError(f"message {index}: content part of type {kind!r} is not supported "
+                                     "(only text parts are)")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise TokenizerError(f"message {index}: content must be a string or a list of text parts, "
+                         f"got {type(content).__name__}")
+
+
+def chat_template(messages: Sequence[Mapping], add_generation_prompt: bool = True,
+                  enable_thinking: bool | None = None) -> str:
+    """Qwen ChatML text for `messages` ({"role", "content"} dicts), ending with the assistant's turn opener.
+
+    Each message renders as `<|im_start|>{role}\\n{content}<|im_end|>\\n`; add_generation_prompt appends
+    `<|im_start|>assistant\\n`. enable_thinking picks the Qwen3.5 thinking switch after that opener:
+    None adds nothing (Qwen3-Omni and Qwen3 templates: the model decides), False adds an empty
+    `<think>\\n\\n</think>\\n\\n` block (non-thinking reply), True adds `<think>\\n` (the reply starts inside
+    its reasoning, as Qwen3.5's template does by default).
+    """
+    if not messages:
+        raise TokenizerError("empty chat: messages is an empty list")
+    parts = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise TokenizerError(f"message {i}: expected a dict with 'role' and 'content', got {type(message).__name__}")
+        role = message.get("role")
+        if role not in ROLES:
+            raise TokenizerError(f"message {i}: unknown role {role!r}; expected one of {', '.join(ROLES)}")
+        text = _message_text(i, message)
+        if role == "user" and not text.strip():
+            raise TokenizerError(f"message {i}: user message has empty text")
+        parts.append(f"{IM_START}{role}\n{text}{IM_END}\n")
+    if add_generation_prompt:
+        parts.append(f"{IM_START}assistant\n")
+        if enable_thinking is False:
+            parts.append(f"{THINK_OPEN}\n\n{THINK_CLOSE}\n\n")
+        elif enable_thinking:
+            parts.append(f"{THINK_OPEN}\n")
+    return "".join(parts)
+
+
+class StreamDecoder:
+    """Turns token ids fed one at a time into new printable text, never splitting a UTF-8 character."""
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True):
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self.ids: list[int] = []
+        self.prefix = 0  # start of the window decoded for context (tokenizers may treat the first token specially)
+        self.read = 0  # ids before this have been emitted as text
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, self.skip_special_tokens)
+
+    def push(self, token_id: int) -> str:
+        """Add one token; return the text it completes ("" while a multi-byte character is still partial)."""
+        self.ids.append(int(token_id))
+        done = self._decode(self.ids[self.prefix:self.read])
+        text = self._decode(self.ids[self.prefix:])
+        if len(text) <= len(done) or text.endswith("\ufffd"):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return text[len(done):]
+
+    def flush(self) -> str:
+        """The text still held back (a trailing partial character decodes to U+FFFD); call once at the end."""
+        done = self._decode(self.ids[self.prefix:self.read])
+        text = self._decode(self.ids[self.prefix:])
+        self.prefix = self.read = len(self.ids)
+        return text[len(done):]
