@@ -53,10 +53,7 @@ def _prompt_ids(tokenizer: Tokenizer, args: argparse.Namespace) -> list[int]:
 
 def run_generate(args: argparse.Namespace) -> None:
     """Load the checkpoint, stream the reply to stdout and a timing line to stderr."""
-    try:
-        sampling = SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.seed)
-    except ValueError as e:
-        raise InputError(str(e)) from e
+    sampling = SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.seed)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: CUDA is not available on this machine")
     tokenizer = Tokenizer(args.checkpoint)
@@ -69,7 +66,8 @@ def run_generate(args: argparse.Namespace) -> None:
     n = 0
     for token in stream(model, input_ids, max_new_tokens=args.max_new_tokens, sampling=sampling, stop_tokens=stops):
         n += 1
-        first = first or time.perf_counter()
+        if first is None:
+            first = time.perf_counter()
         sys.stdout.write(decoder.push(int(token[0])))
         sys.stdout.flush()
     end = time.perf_counter()

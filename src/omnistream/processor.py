@@ -34,7 +34,7 @@ class Tokenizer:
     def __init__(self, path: str | Path):
         directory = Path(path)
         if not directory.is_dir():
-            raise TokenizerError(f"tokenizer directory {directory} does not exist")
+            raise TokenizerError(f"checkpoint directory {directory} does not exist")
         file = directory / "tokenizer.json"
         if not file.is_file():
             raise TokenizerError(f"checkpoint directory {directory} has no tokenizer.json")
@@ -45,7 +45,7 @@ class Tokenizer:
         config = self._read_config(directory / "tokenizer_config.json")
         self.eos_token = _token_content(config.get("eos_token"))
         self.pad_token = _token_content(config.get("pad_token"))
-        self._check_added_tokens(directory / "tokenizer_config.json", config.get("added_tokens_decoder") or {})
+        self._sync_added_tokens(directory / "tokenizer_config.json", config.get("added_tokens_decoder") or {})
 
     @staticmethod
     def _read_config(file: Path) -> dict:
@@ -60,20 +60,22 @@ class Tokenizer:
             raise TokenizerError(f"{file}: expected a JSON object, got {type(config).__name__}")
         return config
 
-    def _check_added_tokens(self, file: Path, decoder: Mapping[str, Mapping]) -> None:
+    def _sync_added_tokens(self, file: Path, decoder: Mapping[str, Mapping]) -> None:
         """Add tokens listed in added_tokens_decoder that tokenizer.json lacks; raise if any id disagrees."""
-        for tid, entry in sorted(decoder.items(), key=lambda kv: int(kv[0])):
-            content = entry["content"]
+        try:
+            entries = sorted(((int(tid), entry["content"], entry) for tid, entry in decoder.items()),
+                             key=lambda e: e[0])
+        except (ValueError, KeyError, TypeError) as e:
+            raise TokenizerError(f"{file}: malformed added_tokens_decoder ({type(e).__name__}: {e})") from e
+        for tid, content, entry in entries:
             if self.backend.token_to_id(content) is None:
+                special = entry.get("special", False)
                 token = AddedToken(content, single_word=entry.get("single_word", False),
                                    lstrip=entry.get("lstrip", False), rstrip=entry.get("rstrip", False),
-                                   normalized=entry.get("normalized", False), special=entry.get("special", False))
-                if entry.get("special", False):
-                    self.backend.add_special_tokens([token])
-                else:
-                    self.backend.add_tokens([token])
+                                   normalized=entry.get("normalized", False), special=special)
+                (self.backend.add_special_tokens if special else self.backend.add_tokens)([token])
             have = self.backend.token_to_id(content)
-            if have != int(tid):
+            if have != tid:
                 raise TokenizerError(f"{file}: added token {content!r} has id {tid}, but tokenizer.json gives {have}")
 
     @property
@@ -121,9 +123,11 @@ def _message_text(index: int, message: Mapping) -> str:
         texts = []
         for part in content:
             kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
-            if kind != "text" or not isinstance(part.get("text"), str):
+            if kind != "text":
                 raise TokenizerError(f"message {index}: content part of type {kind!r} is not supported "
                                      "(only text parts are)")
+            if not isinstance(part.get("text"), str):
+                raise TokenizerError(f"message {index}: text part has no string 'text' field")
             texts.append(part["text"])
         return "".join(texts)
     raise TokenizerError(f"message {index}: content must be a string or a list of text parts, "
@@ -145,7 +149,8 @@ def chat_template(messages: Sequence[Mapping], add_generation_prompt: bool = Tru
     parts = []
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping):
-            raise TokenizerError(f"message {i}: expected a dict with 'role' and 'content', got {type(message).__name__}")
+            raise TokenizerError(f"message {i}: expected a dict with 'role' and 'content', "
+                                 f"got {type(message).__name__}")
         role = message.get("role")
         if role not in ROLES:
             raise TokenizerError(f"message {i}: unknown role {role!r}; expected one of {', '.join(ROLES)}")
@@ -169,7 +174,9 @@ class StreamDecoder:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
         self.ids: list[int] = []
-        self.prefix = 0  # start of the window decoded for context (tokenizers may treat the first token specially)
+        # Each push decodes ids[prefix:] rather than the whole sequence (same text, constant cost per token);
+        # the window keeps one emitted stretch as context, as decoders may treat a leading token specially.
+        self.prefix = 0
         self.read = 0  # ids before this have been emitted as text
 
     def _decode(self, ids: list[int]) -> str:

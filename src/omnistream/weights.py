@@ -167,8 +167,8 @@ def load_thinker(path: str | Path, dtype: torch.dtype = torch.float32, device="c
     cfg_path = directory / "config.json"
     if not cfg_path.is_file():
         raise ConfigError(f"checkpoint directory {directory} has no config.json")
-    raw = json.loads(cfg_path.read_text())
     config = TextConfig.from_file(cfg_path)
+    raw = json.loads(cfg_path.read_text())
     layout = CheckpointLayout(config=raw)
     state, experts = {}, defaultdict(dict)
     for file, name, handle in _iter_tensors(_shard_files(directory)):

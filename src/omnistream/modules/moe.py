@@ -16,7 +16,7 @@ class Router(nn.Module):
         super().__init__()
         self.top_k = top_k
         self.renormalize = renormalize
-        self.weight = nn.Parameter(torch.zeros(num_experts, hidden_size))
+        self.weight = nn.Parameter(torch.randn(num_experts, hidden_size) * 0.02)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (N, H) -> logits (N, E), weights (N, k) in x.dtype, expert ids (N, k)."""
@@ -34,8 +34,8 @@ class Experts(nn.Module):
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int):
         super().__init__()
         self.num_experts = num_experts
-        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))
-        self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
+        self.gate_up_proj = nn.Parameter(torch.randn(num_experts, 2 * intermediate_size, hidden_size) * 0.02)
+        self.down_proj = nn.Parameter(torch.randn(num_experts, hidden_size, intermediate_size) * 0.02)
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x (N, H), idx/weights (N, k) -> sum_k weights * expert_k(x), (N, H)."""
