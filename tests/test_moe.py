@@ -1,4 +1,4 @@
-"""MoE: batched dispatch (gathered and sorted paths) == a per-expert loop; router and aux loss behave."""
+"""MoE: batched dispatch (one-token and sorted paths) == a per-expert loop; router and aux loss behave."""
 
 import pytest
 import torch
@@ -22,7 +22,7 @@ def loop_reference(moe: SparseMoE, x: torch.Tensor) -> torch.Tensor:
     return out.view_as(x)
 
 
-@pytest.mark.parametrize("tokens", [1, 3, 40])  # 1 and 3 take the gathered path, 40 the sorted path
+@pytest.mark.parametrize("tokens", [1, 3, 40])  # 1 takes the one-token path, others the sorted path
 @pytest.mark.parametrize("shared", [0, 24])
 def test_dispatch_equals_loop(tokens, shared):
     torch.manual_seed(tokens)

@@ -35,8 +35,8 @@ class ThinkerLM(nn.Module):
         return self.lm_head.weight.dtype
 
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> InferenceCache:
-        """An empty inference state for `batch_size` rows and up to `max_len` tokens (default: the context limit)."""
-        max_len = max_len or self.config.max_position_embeddings
+        """An empty inference state for `batch_size` rows and up to `max_len` tokens (default 8192, or the context)."""
+        max_len = max_len or min(self.config.max_position_embeddings, 8192)
         if max_len > self.config.max_position_embeddings:
             raise InputError(f"cache of {max_len} tokens exceeds the context limit of "
                              f"{self.config.max_position_embeddings} tokens")

@@ -117,8 +117,12 @@ class GatedDeltaNet(nn.Module):
         seq = torch.cat([history.to(mixed.dtype), mixed], dim=-1)  # (B, conv_dim, K-1+S)
         if state is not None:
             state.conv.copy_(seq[:, :, -(self.kernel - 1):])
-        w = self.conv1d.weight
-        mixed = F.silu(F.conv1d(seq.to(w.dtype), w, groups=self.conv_dim)).to(x.dtype).transpose(1, 2)  # (B,S,C)
+        w = self.conv1d.weight  # (C, 1, K)
+        if s == 1:  # decode: one dot product per channel is far cheaper than a convolution call
+            mixed = (seq.to(w.dtype) * w.squeeze(1)).sum(-1, keepdim=True)
+        else:
+            mixed = F.conv1d(seq.to(w.dtype), w, groups=self.conv_dim)
+        mixed = F.silu(mixed).to(x.dtype).transpose(1, 2)  # (B, S, C)
         q, k, v = mixed.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
         q, k = q.reshape(b, s, self.hk, self.dk), k.reshape(b, s, self.hk, self.dk)
         v = v.reshape(b, s, self.hv, self.dv)

@@ -39,20 +39,22 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x (N, H), idx/weights (N, k) -> sum_k weights * expert_k(x), (N, H)."""
-        if idx.numel() < self.num_experts:
-            return self._gathered(x, idx, weights)
+        if x.shape[0] == 1:
+            return self._one_token(x, idx[0].tolist(), weights[0])
         return self._sorted(x, idx, weights)
 
-    def _gathered(self, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Few tokens (decode): gather each (token, expert) pair's weights and run one batched matmul."""
-        n, k = idx.shape
-        flat = idx.reshape(-1)  # (N*k,)
-        xs = x.repeat_interleave(k, dim=0).unsqueeze(-1)  # (N*k, H, 1)
-        gate, up = torch.bmm(self.gate_up_proj[flat], xs).squeeze(-1).chunk(2, dim=-1)  # (N*k, I) each
-        h = (F.silu(gate) * up).unsqueeze(-1)  # (N*k, I, 1)
-        y = torch.bmm(self.down_proj[flat], h).squeeze(-1)  # (N*k, H)
-        y = y * weights.reshape(-1, 1)
-        return y.view(n, k, -1).sum(dim=1)  # (N, H)
+    def _expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """SwiGLU of expert e on x (n, H), reading its weights in place."""
+        gate, up = F.linear(x, self.gate_up_proj[e]).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, self.down_proj[e])
+
+    def _one_token(self, x: torch.Tensor, experts: list[int], weights: torch.Tensor) -> torch.Tensor:
+        """Decode step: the token's k experts one after another, summed in expert order like the sorted path."""
+        order = sorted(range(len(experts)), key=experts.__getitem__)
+        out = torch.zeros_like(x)
+        for j in order:
+            out = out + self._expert(experts[j], x) * weights[j]
+        return out
 
     def _sorted(self, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Many tokens (prefill/training): sort (token, expert) pairs by expert, one matmul per expert that got any."""
@@ -66,8 +68,7 @@ class Experts(nn.Module):
         for e, c in enumerate(counts):
             if c == 0:
                 continue
-            gate, up = F.linear(xs[start : start + c], self.gate_up_proj[e]).chunk(2, dim=-1)
-            outs.append(F.linear(F.silu(gate) * up, self.down_proj[e]))
+            outs.append(self._expert(e, xs[start : start + c]))
             start += c
         ys = torch.cat(outs) * weights.reshape(-1)[order].unsqueeze(-1)  # (N*k, H)
         return torch.zeros_like(x).index_add_(0, token, ys.to(x.dtype))
