@@ -138,3 +138,13 @@ def test_layout_variants_match(cfg):
     ids = torch.randint(0, 250, (2, 70))
     with torch.no_grad():
         assert (ours(ids)[0] - hf_logits(hf, ids)).abs().max().item() < TOL
+
+
+def test_inputs_embeds_match(pair):
+    hf, ours = pair
+    ids = torch.randint(0, 250, (1, 33))
+    with torch.no_grad():
+        embeds = ours.model.embed_tokens(ids) * 1.5  # not any token's embedding
+        got, _ = ours(inputs_embeds=embeds)
+        ref = hf(inputs_embeds=embeds).logits
+    assert (got - ref).abs().max().item() < TOL

@@ -18,8 +18,15 @@ class KVCache:
         self.k = torch.zeros(batch, heads, max_len, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
 
-    def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, H_kv, S, D) at [start, start+S) and return all keys/values so far."""
+    def update(self, start: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, H_kv, S, D) at [start, start+S) and return all keys/values so far.
+
+        A tensor `start` (the static decode step) writes one slot and returns the whole buffer, so shapes never
+        change between steps; the caller's mask hides the slots not yet written."""
+        if isinstance(start, torch.Tensor):
+            self.k.index_copy_(2, start, k)
+            self.v.index_copy_(2, start, v)
+            return self.k, self.v
         end = start + k.shape[2]
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v

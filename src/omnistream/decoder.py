@@ -109,6 +109,17 @@ class Decoder(nn.Module):
             out.hidden_states.append(out.last_hidden_state)
         return out
 
+    def step(self, tokens: torch.Tensor, cache: InferenceCache, slot: torch.Tensor) -> torch.Tensor:
+        """Static-shape decode step for torch.compile: tokens (B, 1) already reserved at `slot` (1,) -> (B, 1, H).
+
+        Attention reads the whole preallocated cache under the validity mask, so no shape depends on the step."""
+        x = self.embed_tokens(tokens)  # (B, 1, H)
+        cos, sin = self.rotary(cache.next_pos[:, None], x.dtype)
+        mask = cache.valid[:, None, None, :]  # (B, 1, 1, max_len)
+        for layer, state in zip(self.layers, cache.layers):
+            x, _ = layer(x, cos, sin, state, slot, mask)
+        return self.norm(x)
+
     @staticmethod
     def _attention_mask(cache, pad, b, s, device):
         """Claim cache slots; return (start slot, bool mask (B, 1, S, T) or None, is_causal)."""

@@ -23,6 +23,7 @@ class ThinkerLM(nn.Module):
         self.config = config
         self.model = Decoder(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self._compiled_step = None
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
@@ -88,16 +89,25 @@ class ThinkerLM(nn.Module):
         return logits[:, -1]
 
     def decode(self, tokens: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
-        """One step: tokens (B,) -> next-token logits (B, V)."""
-        logits, _ = self.model_step(tokens.view(-1, 1), cache)
-        return logits[:, -1]
-
-    def model_step(self, tokens: torch.Tensor, cache: InferenceCache):
-        """Decode without re-validating ids (they came from sampling); returns (logits, decoder output)."""
-        if cache.length + tokens.shape[1] > self.config.max_position_embeddings:
+        """One step: tokens (B,) -> next-token logits (B, V); uses the compiled step after compile_decode()."""
+        tokens = tokens.view(-1, 1)
+        if cache.length + 1 > self.config.max_position_embeddings:
             raise InputError(f"generation reached the context limit of {self.config.max_position_embeddings} tokens")
-        out = self.model(tokens, cache=cache)
-        return self.lm_head(out.last_hidden_state), out
+        if self._compiled_step is None:
+            return self.lm_head(self.model(tokens, cache=cache).last_hidden_state)[:, -1]
+        slot = cache.reserve(torch.ones_like(tokens, dtype=torch.bool))
+        logits = self._compiled_step(tokens, cache, torch.tensor([slot], device=tokens.device))
+        cache.next_pos.add_(1)
+        return logits
+
+    def static_step(self, tokens: torch.Tensor, cache: InferenceCache, slot: torch.Tensor) -> torch.Tensor:
+        """The decode step with step-independent shapes (what compile_decode compiles): (B, 1) -> logits (B, V)."""
+        return self.lm_head(self.model.step(tokens, cache, slot))[:, -1]
+
+    def compile_decode(self, **options) -> "ThinkerLM":
+        """Compile the one-token decode step with torch.compile (gpt-fast style); the first steps pay the compile."""
+        self._compiled_step = torch.compile(self.static_step, dynamic=False, **options)
+        return self
 
     def aux_loss(self, out: DecoderOutput, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Router load-balancing loss from a forward run with output_router_logits=True."""

@@ -40,8 +40,17 @@ class Experts(nn.Module):
     def forward(self, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x (N, H), idx/weights (N, k) -> sum_k weights * expert_k(x), (N, H)."""
         if x.shape[0] == 1:
+            if torch.compiler.is_compiling():  # no host sync in a compiled graph; inductor fuses the gather
+                return self._gathered(x, idx[0], weights[0])
             return self._one_token(x, idx[0].tolist(), weights[0])
         return self._sorted(x, idx, weights)
+
+    def _gathered(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """One token, experts chosen by a tensor: (1, H) -> (1, H), as one batched contraction over the k experts."""
+        h = torch.einsum("kih,h->ki", self.gate_up_proj[experts], x[0])  # (k, 2I)
+        gate, up = h.chunk(2, dim=-1)
+        y = torch.einsum("khi,ki->kh", self.down_proj[experts], F.silu(gate) * up)  # (k, H)
+        return (y * weights[:, None]).sum(0, keepdim=True)
 
     def _expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """SwiGLU of expert e on x (n, H), reading its weights in place."""
