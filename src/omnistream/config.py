@@ -305,3 +305,62 @@ PRESETS = {
     "qwen3-omni-30b-a3b": qwen3_omni_30b_a3b,
     "qwen3.5-35b-a3b": qwen35_35b_a3b,
 }
+
+
+@dataclass
+class AudioConfig:
+    """AuT audio encoder: N stride-2 Conv2D blocks over log-mel chunks, windowed bidirectional transformer."""
+
+    num_mel_bins: int = 128
+    d_model: int = 1280
+    encoder_layers: int = 32
+    encoder_attention_heads: int = 20
+    encoder_ffn_dim: int = 5120
+    max_source_positions: int = 1500
+    n_window: int = 50  # chunk = 2 * n_window mel frames; positions restart in every chunk
+    n_window_infer: int = 800  # default attention window in mel frames (a multiple of the chunk)
+    conv_chunksize: int = 500  # chunks per conv call, bounding conv memory
+    downsample_hidden_size: int = 480
+    num_downsample: int = 3  # 3: Qwen3-Omni (~12.5 Hz); 4: Qwen3.5-Omni (6.25 Hz)
+    output_dim: int = 2048
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.d_model % self.encoder_attention_heads:
+            problems.append("d_model must be a multiple of encoder_attention_heads")
+        if self.num_downsample < 1:
+            problems.append("num_downsample must be >= 1")
+        if self.n_window_infer % (2 * self.n_window):
+            problems.append(f"n_window_infer {self.n_window_infer} is not a multiple of the chunk {2 * self.n_window}")
+        if problems:
+            raise ConfigError("invalid audio config: " + "; ".join(problems))
+
+    @property
+    def chunk_frames(self) -> int:
+        return 2 * self.n_window
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any]) -> "AudioConfig":
+        """From a qwen3_omni_moe audio_config dict (or a whole Qwen3-Omni / thinker config.json)."""
+        if "thinker_config" in cfg:
+            cfg = cfg["thinker_config"]
+        cfg = cfg.get("audio_config", cfg)
+        if cfg.get("activation_function", "gelu") != "gelu":
+            raise ConfigError(f"audio activation {cfg['activation_function']!r} is not supported (only 'gelu')")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in cfg.items() if k in names})
+
+
+def tiny_audio(**kw: Any) -> AudioConfig:
+    """A tiny AuT for tests (Qwen3-Omni layout unless num_downsample=4)."""
+    base = dict(num_mel_bins=128, d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=48,
+                n_window=50, n_window_infer=200, downsample_hidden_size=8, output_dim=64)
+    base.update(kw)
+    return AudioConfig(**base)
+
+
+def qwen35_omni_audio(**kw: Any) -> AudioConfig:
+    """The Qwen3.5-Omni AuT shape: four Conv2D blocks, 1.28 s chunks of 8 tokens = 6.25 Hz (160 ms per token)."""
+    base = dict(n_window=64, n_window_infer=1024, num_downsample=4)
+    base.update(kw)
+    return AudioConfig(**base)

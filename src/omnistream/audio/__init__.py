@@ -1,0 +1,1 @@
+"""Audio: input decoding and resampling, log-mel features, the AuT encoder."""
