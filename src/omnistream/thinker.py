@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .audio.encoder import AudioEncoder
 from .cache import InferenceCache
-from .config import TextConfig
+from .config import AudioConfig, ConfigError, TextConfig
 from .decoder import Decoder, DecoderOutput
 from .modules.moe import load_balancing_loss
 
@@ -115,3 +116,42 @@ class ThinkerLM(nn.Module):
             raise ValueError("run forward with output_router_logits=True first")
         return load_balancing_loss(out.router_logits, self.config.num_experts, self.config.num_experts_per_tok,
                                    attention_mask)
+
+
+class Thinker(nn.Module):
+    """The Thinker: its language model plus encoders whose outputs replace placeholder tokens (audio so far)."""
+
+    def __init__(self, text: TextConfig, audio: AudioConfig | None = None, audio_token_id: int | None = None):
+        super().__init__()
+        self.lm = ThinkerLM(text)
+        self.audio_tower = AudioEncoder(audio) if audio is not None else None
+        self.audio_token_id = audio_token_id
+        if audio is not None and audio.output_dim != text.hidden_size:
+            raise ConfigError(f"audio output_dim {audio.output_dim} != thinker hidden_size {text.hidden_size}")
+
+    def embed(self, input_ids: torch.Tensor, audio_features: torch.Tensor | None = None,
+              audio_lengths: torch.Tensor | list[int] | None = None) -> torch.Tensor:
+        """Token embeddings (B, S, H) with each audio's encoder tokens written over its audio placeholders in order."""
+        self.lm.check_input_ids(input_ids)
+        x = self.lm.model.embed_tokens(input_ids)
+        slots = input_ids == self.audio_token_id if self.audio_token_id is not None else None
+        n_slots = int(slots.sum()) if slots is not None else 0
+        if audio_features is None:
+            if n_slots:
+                raise InputError(f"prompt has {n_slots} audio placeholder tokens but no audio was given")
+            return x
+        if self.audio_tower is None:
+            raise InputError("this checkpoint has no audio encoder")
+        tokens = self.audio_tower(audio_features, audio_lengths)  # (N_audio_tokens, H)
+        if tokens.shape[0] != n_slots:
+            raise InputError(f"audio encodes to {tokens.shape[0]} tokens but the prompt has {n_slots} audio "
+                             "placeholders; build prompts with the processor so the counts agree")
+        return x.masked_scatter(slots.unsqueeze(-1), tokens.to(x.dtype))
+
+    def forward(self, input_ids: torch.Tensor, audio_features: torch.Tensor | None = None,
+                audio_lengths: torch.Tensor | list[int] | None = None, **kwargs) -> tuple[torch.Tensor, DecoderOutput]:
+        """Logits and decoder output; kwargs (position_ids, attention_mask, cache, ...) go to ThinkerLM.forward."""
+        cache = kwargs.get("cache")
+        if cache is not None:
+            self.lm.check_input_ids(input_ids, cache)
+        return self.lm(inputs_embeds=self.embed(input_ids, audio_features, audio_lengths), **kwargs)

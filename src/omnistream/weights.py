@@ -12,9 +12,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import ConfigError, TextConfig
+from .audio.encoder import AudioEncoder, sinusoids
+from .config import AudioConfig, ConfigError, TextConfig
 from .modules.rope import MultimodalRotary
-from .thinker import ThinkerLM
+from .thinker import Thinker, ThinkerLM
 
 
 class CheckpointError(RuntimeError):
@@ -32,6 +33,7 @@ _PREFIXES = [
     ("lm_head.", "lm_head."),
 ]
 _OTHER_COMPONENT = re.compile(r"(^|\.)(audio_tower|visual)\.|^(talker|code2wav|mtp)\.")
+_AUDIO = re.compile(r"(?:^|\.)audio_tower\.(.+)$")
 _PER_EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 
 
@@ -125,12 +127,16 @@ def _fuse_experts(experts: dict[str, dict]) -> dict[str, torch.Tensor]:
     return fused
 
 
-def load_state_into(model: ThinkerLM, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
     """Copy a converted state dict into the model, raising one error that lists every mismatch."""
     expected = model.state_dict()
-    if model.config.tie_word_embeddings:
-        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
-        expected.pop("lm_head.weight", None)
+    seen, tied = set(), set()
+    for k, v in expected.items():  # a tied parameter (e.g. lm_head = embed_tokens) is loaded once, by its first name
+        if v.data_ptr() in seen:
+            tied.add(k)
+        seen.add(v.data_ptr())
+    expected = {k: v for k, v in expected.items() if k not in tied}
+    state = {k: v for k, v in state.items() if k not in tied}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
@@ -147,20 +153,34 @@ def load_state_into(model: ThinkerLM, state: dict[str, torch.Tensor], source: st
             expected[k].copy_(v)
 
 
-def _empty_model(config: TextConfig, dtype: torch.dtype, device) -> ThinkerLM:
-    """Allocate a model without initialising its weights (they are about to be overwritten)."""
+def convert_thinker_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A Hugging Face Qwen3-Omni thinker state dict -> names of omnistream's Thinker (lm.*, audio_tower.*)."""
+    out = {"lm." + k: v for k, v in convert_state_dict(state).items()}
+    for name, tensor in state.items():
+        if m := _AUDIO.search(name):
+            out["audio_tower." + m.group(1)] = tensor
+    return out
+
+
+def _empty(build, dtype: torch.dtype, device) -> torch.nn.Module:
+    """Allocate a module without initialising its weights (they are about to be overwritten); rebuild buffers."""
     with torch.device("meta"):
-        model = ThinkerLM(config)
-    model = model.to_empty(device=device).to(dtype)
-    c = config
-    model.model.rotary = MultimodalRotary(c.head_dim, c.rope_theta, c.partial_rotary_factor, c.mrope_section).to(device)
-    if c.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    return model.eval()
+        module = build()
+    module = module.to_empty(device=device).to(dtype)
+    for m in module.modules():
+        if isinstance(m, ThinkerLM):
+            c = m.config
+            m.model.rotary = MultimodalRotary(c.head_dim, c.rope_theta, c.partial_rotary_factor,
+                                              c.mrope_section).to(device)
+            if c.tie_word_embeddings:
+                m.lm_head.weight = m.model.embed_tokens.weight
+        elif isinstance(m, AudioEncoder):
+            m.positions = sinusoids(m.config.max_source_positions, m.config.d_model).to(device)
+    return module.eval()
 
 
-def load_thinker(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu"):
-    """Load the Thinker LM of a checkpoint directory; returns (model, layout for saving back)."""
+def _read(path: str | Path, dtype: torch.dtype, with_audio: bool):
+    """Config, LM state (our names), audio-tower state and layout of a checkpoint directory."""
     directory = Path(path)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory {directory} does not exist")
@@ -170,8 +190,11 @@ def load_thinker(path: str | Path, dtype: torch.dtype = torch.float32, device="c
     config = TextConfig.from_file(cfg_path)
     raw = json.loads(cfg_path.read_text())
     layout = CheckpointLayout(config=raw)
-    state, experts = {}, defaultdict(dict)
+    state, audio, experts = {}, {}, defaultdict(dict)
     for file, name, handle in _iter_tensors(_shard_files(directory)):
+        if with_audio and (m := _AUDIO.search(name)):
+            audio[m.group(1)] = _get(file, handle, name).to(dtype)
+            continue
         if _OTHER_COMPONENT.search(name):
             layout.passthrough[name] = file
             continue
@@ -190,9 +213,29 @@ def load_thinker(path: str | Path, dtype: torch.dtype = torch.float32, device="c
         else:
             state[ours] = tensor
     state.update(_fuse_experts(experts))
-    model = _empty_model(config, dtype, device)
-    load_state_into(model, state, str(directory))
+    return config, raw, state, audio, layout
+
+
+def load_thinker(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu"):
+    """Load the Thinker LM of a checkpoint directory; returns (model, layout for saving back)."""
+    config, _, state, _, layout = _read(path, dtype, with_audio=False)
+    model = _empty(lambda: ThinkerLM(config), dtype, device)
+    load_state_into(model, state, str(path))
     return model, layout
+
+
+def load_omni_thinker(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu") -> Thinker:
+    """Load a Qwen3-Omni Thinker with its audio encoder from a checkpoint directory."""
+    config, raw, state, audio, _ = _read(path, dtype, with_audio=True)
+    thinker_cfg = raw.get("thinker_config", raw)
+    if "audio_config" not in thinker_cfg:
+        raise ConfigError(f"{path}/config.json has no audio_config: not an omni thinker checkpoint")
+    audio_cfg = AudioConfig.from_hf(thinker_cfg)
+    token = thinker_cfg.get("audio_token_id")
+    model = _empty(lambda: Thinker(config, audio_cfg, token), dtype, device)
+    full = {"lm." + k: v for k, v in state.items()} | {"audio_tower." + k: v for k, v in audio.items()}
+    load_state_into(model, full, str(path))
+    return model
 
 
 def _checkpoint_names(model: ThinkerLM, layout: CheckpointLayout) -> dict[str, torch.Tensor]:
