@@ -79,7 +79,7 @@ def test_window_is_a_per_call_parameter(pair):
         one_chunk_pieces = torch.cat([ours(feats[:, :, i : i + 100], [100]) for i in range(0, 800, 100)])
     assert (short - one_chunk_pieces).abs().max().item() < 1e-5  # a 1-chunk window sees only its chunk
     assert (short - long).abs().max().item() > 1e-3
-    with pytest.raises(ValueError, match="not a multiple of the 100-frame chunk"):
+    with pytest.raises(ValueError, match="not a positive multiple of the 100-frame chunk"):
         ours(feats, [800], window_frames=150)
 
 

@@ -84,46 +84,45 @@ class AudioEncoder(nn.Module):
     def stem(self, chunks: torch.Tensor) -> torch.Tensor:
         """Mel chunks (N, mels, L) -> per-chunk embeddings with positions (N, L', d_model)."""
         x = chunks.unsqueeze(1).to(self.conv_out.weight.dtype)  # (N, 1, mels, L)
-        outs = []
-        for part in x.split(self.config.conv_chunksize):
-            for i in range(self.config.num_downsample):
-                part = F.gelu(getattr(self, f"conv2d{i + 1}")(part))
-            outs.append(part)
-        x = torch.cat(outs)  # (N, C, F', L')
+        for i in range(self.config.num_downsample):
+            x = F.gelu(getattr(self, f"conv2d{i + 1}")(x))  # (N, C, F', L')
         n, c, f, t = x.shape
         x = self.conv_out(x.permute(0, 3, 1, 2).reshape(n, t, c * f))  # (N, L', d_model)
         return x + self.positions[:t].to(x.dtype)
-
-    def chunk(self, features: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, list[int]]:
-        """Cut each audio into chunks of 2*n_window frames; right-pad every chunk to the longest in the batch."""
-        size = self.config.chunk_frames
-        pieces, sizes = [], []
-        for b, n in enumerate(lengths):
-            for start in range(0, n, size):
-                pieces.append(features[b, :, start : min(n, start + size)].T)  # (len, mels)
-                sizes.append(pieces[-1].shape[0])
-        padded = nn.utils.rnn.pad_sequence(pieces, batch_first=True).transpose(1, 2)  # (N, mels, L)
-        return padded, sizes
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor | list[int],
                 window_frames: int | None = None) -> torch.Tensor:
         """features (B, mels, T) with valid frame counts `lengths` -> tokens (sum_b tokens_b, output_dim).
 
-        Attention runs inside windows of `window_frames` mel frames (default n_window_infer) of each audio."""
+        Attention runs inside windows of `window_frames` mel frames (default n_window_infer) of each audio.
+        Windows are independent, so long audio is encoded a block of windows at a time: memory stays bounded."""
         lengths = [int(n) for n in lengths]
-        chunks, sizes = self.chunk(features, lengths)
-        x = self.stem(chunks)  # (N_chunks, L', d)
-        valid = [conv_out_len(s, self.config.num_downsample) for s in sizes]
-        tokens = torch.cat([x[i, :v] for i, v in enumerate(valid)])  # (N_tok, d) padding steps dropped
-        window = self.window_tokens(max(valid), window_frames)
-        per_audio = [num_audio_tokens(n, self.config) for n in lengths]
-        return self.encode_tokens(tokens, per_audio, window)
+        size = self.config.chunk_frames
+        pad_to = max(min(size, n - s) for n in lengths for s in range(0, n, size))  # the batch's longest chunk
+        window = self.window_tokens(conv_out_len(pad_to, self.config.num_downsample), window_frames)
+        window_frames = window_frames or self.config.n_window_infer
+        step = window_frames * max(1, self.config.conv_chunksize // (window_frames // size))  # whole windows
+        outs = [self.encode_segment(features[b, :, s : min(n, s + step)], pad_to, window)
+                for b, n in enumerate(lengths) for s in range(0, n, step)]
+        return torch.cat(outs)
+
+    def encode_segment(self, mel: torch.Tensor, pad_to: int, window: int) -> torch.Tensor:
+        """One audio's frames (mels, T), starting at a window boundary -> its tokens (n, output_dim).
+
+        Chunks are right-padded with zeros to `pad_to` frames, as the reference pads to the batch's longest chunk."""
+        size = self.config.chunk_frames
+        pieces = [mel[:, s : s + size] for s in range(0, mel.shape[1], size)]
+        chunks = torch.stack([F.pad(p, (0, pad_to - p.shape[1])) for p in pieces])  # (N, mels, pad_to)
+        x = self.stem(chunks)  # (N, L', d)
+        valid = [conv_out_len(p.shape[1], self.config.num_downsample) for p in pieces]
+        tokens = torch.cat([x[i, :v] for i, v in enumerate(valid)])  # (n, d): padding steps dropped
+        return self.encode_tokens(tokens, [tokens.shape[0]], window)
 
     def window_tokens(self, longest_chunk_tokens: int, window_frames: int | None) -> int:
         """Tokens per attention window: windows hold whole chunks, sized by the batch's longest chunk."""
         frames = window_frames or self.config.n_window_infer
-        if frames % self.config.chunk_frames:
-            raise ValueError(f"attention window of {frames} mel frames is not a multiple of the "
+        if frames <= 0 or frames % self.config.chunk_frames:
+            raise ValueError(f"attention window of {frames} mel frames is not a positive multiple of the "
                              f"{self.config.chunk_frames}-frame chunk")
         return longest_chunk_tokens * (frames // self.config.chunk_frames)
 
