@@ -1,0 +1,124 @@
+"""Whisper-style log-mel features at 16 kHz, as Qwen3-Omni's feature extractor computes them."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+SAMPLE_RATE = 16000
+N_FFT = 400  # 25 ms Hann window
+HOP_LENGTH = 160  # 10 ms: 100 frames per second
+N_MELS = 128
+F_MAX = 8000.0
+MIN_LONGEST = N_FFT // 2 + 1  # torch.stft reflect-pads n_fft // 2 samples each side: the input must be longer
+
+
+class AudioError(ValueError):
+    """A waveform (or audio file) that cannot be turned into features."""
+
+
+def num_frames(num_samples: int) -> int:
+    """Number of log-mel frames for a waveform of `num_samples` samples at 16 kHz."""
+    return num_samples // HOP_LENGTH
+
+
+def _hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
+    """Slaney mel scale: linear below 1 kHz (3 mels per 200 Hz), logarithmic above (27 mels per log(6.4))."""
+    log_part = 15.0 + torch.log(hz.clamp(min=1000.0) / 1000.0) * (27.0 / math.log(6.4))
+    return torch.where(hz >= 1000.0, log_part, 3.0 * hz / 200.0)
+
+
+def _mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
+    """Inverse of the Slaney mel scale."""
+    log_part = 1000.0 * torch.exp((mel.clamp(min=15.0) - 15.0) * (math.log(6.4) / 27.0))
+    return torch.where(mel >= 15.0, log_part, 200.0 * mel / 3.0)
+
+
+def slaney_mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float, f_max: float) -> torch.Tensor:
+    """Triangular mel filters on the Slaney scale with Slaney area normalisation, float64 (n_freqs, n_mels)."""
+    f64 = torch.float64
+    mel_edges = torch.linspace(_hz_to_mel(torch.tensor(f_min, dtype=f64)).item(),
+                               _hz_to_mel(torch.tensor(f_max, dtype=f64)).item(), n_mels + 2, dtype=f64)
+    edges = _mel_to_hz(mel_edges)  # (n_mels + 2,) Hz
+    lower, center, upper = edges[:-2], edges[1:-1], edges[2:]  # (n_mels,) each
+    freqs = torch.linspace(0, sample_rate // 2, n_freqs, dtype=f64)[:, None]  # (n_freqs, 1)
+    rising = (freqs - lower) / (center - lower)  # (n_freqs, n_mels)
+    falling = (upper - freqs) / (upper - center)
+    triangles = torch.minimum(rising, falling).clamp(min=0.0)
+    return triangles * (2.0 / (upper - lower))  # equal area per filter
+
+
+def _check_waveform(index: int, waveform) -> torch.Tensor:
+    """One waveform as a float32 tensor, or an AudioError saying what is wrong with it."""
+    if not isinstance(waveform, (np.ndarray, torch.Tensor)):
+        raise AudioError(f"waveform {index} is a {type(waveform).__name__}; expected a 1-D numpy array or torch tensor")
+    if waveform.ndim != 1:
+        raise AudioError(f"waveform {index} has shape {tuple(waveform.shape)}; expected 1-D mono samples "
+                         f"(mix multi-channel audio down first)")
+    is_float = waveform.is_floating_point() if isinstance(waveform, torch.Tensor) else waveform.dtype.kind == "f"
+    if not is_float:
+        raise AudioError(f"waveform {index} has dtype {waveform.dtype}; expected float samples in [-1, 1]")
+    if len(waveform) < HOP_LENGTH:
+        raise AudioError(f"waveform {index} has {len(waveform)} samples; need at least {HOP_LENGTH} "
+                         f"(one {HOP_LENGTH / SAMPLE_RATE * 1000:.0f} ms frame at {SAMPLE_RATE} Hz)")
+    if isinstance(waveform, np.ndarray):
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, reported just below
+            samples = torch.from_numpy(np.array(waveform, dtype=np.float32))  # a copy: read-only arrays are fine
+    else:
+        samples = waveform.detach().to(torch.float32)
+    bad = int((~torch.isfinite(samples)).sum())
+    if bad:
+        raise AudioError(f"waveform {index} has {bad} NaN or infinite samples (as float32) out of {len(samples)}")
+    return samples
+
+
+class LogMel(nn.Module):
+    """Log-mel (128 bins by default) of 16 kHz waveforms, batched with the Whisper extractor's padding semantics."""
+
+    def __init__(self, n_mels: int = N_MELS):
+        super().__init__()
+        filters = slaney_mel_filterbank(N_FFT // 2 + 1, n_mels, SAMPLE_RATE, 0.0, F_MAX)  # (n_freqs, n_mels)
+        self.register_buffer("mel_filters", filters.T.to(torch.float32).contiguous(), persistent=False)
+        self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)  # periodic
+
+    def forward(self, waveforms: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Waveforms (list of 1-D, 16 kHz) -> features (B, n_mels, T_max) float32, frame_mask (B, T_max) long."""
+        if not isinstance(waveforms, (list, tuple)):
+            raise AudioError(f"waveforms must be a list of 1-D arrays or tensors, got a {type(waveforms).__name__}")
+        if not waveforms:
+            raise AudioError("waveforms is empty; pass at least one 1-D waveform")
+        samples = [_check_waveform(i, w) for i, w in enumerate(waveforms)]
+        lengths = torch.tensor([len(s) for s in samples], device=self.window.device)  # (B,)
+        longest = int(lengths.max())
+        if longest < MIN_LONGEST:
+            raise AudioError(f"the longest waveform has {longest} samples; need at least {MIN_LONGEST} "
+                             f"(n_fft // 2 + 1) for the STFT's reflect padding")
+        batch = nn.utils.rnn.pad_sequence([s.to(self.window.device) for s in samples],
+                                          batch_first=True)  # (B, L_max), zeros after each waveform
+        stft = torch.stft(batch, N_FFT, HOP_LENGTH, window=self.window, center=True, pad_mode="reflect",
+                          return_complex=True)  # (B, n_freqs, L_max // hop + 1)
+        power = (stft[..., :-1].abs() ** 2).contiguous()  # (B, n_freqs, T_max): the last frame is dropped
+        mel = self.mel_filters @ power  # (B, n_mels, T_max)
+        log_spec = torch.clamp(mel, min=1e-10).log10()
+        peak = log_spec.amax(dim=(1, 2), keepdim=True)  # (B, 1, 1), over padded frames too
+        features = (torch.maximum(log_spec, peak - 8.0) + 4.0) / 4.0
+        starts = torch.arange(num_frames(longest), device=lengths.device) * HOP_LENGTH  # (T_max,)
+        frame_mask = (starts[None, :] < lengths[:, None]).long()  # (B, T_max): a frame counts if its hop starts inside
+        return features, frame_mask
+
+
+@functools.cache
+def _extractor(n_mels: int, device: torch.device) -> LogMel:
+    """The shared LogMel for a mel count and device, built once."""
+    return LogMel(n_mels).to(device)
+
+
+def log_mel(waveforms: Sequence[np.ndarray | torch.Tensor], n_mels: int = N_MELS,
+            device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Waveforms (list of 1-D, 16 kHz) -> features (B, n_mels, T_max) float32, frame_mask (B, T_max) long."""
+    return _extractor(n_mels, torch.device(device))(waveforms)
