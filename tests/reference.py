@@ -36,17 +36,20 @@ def randomize(module: torch.nn.Module, seed: int, std: float = 0.08) -> None:
                 p.copy_(noise * std)
 
 
-def hf_thinker(cfg: TextConfig, seed: int = 0):
-    """The transformers model of this config: fp32, eval, eager attention and experts, torch DeltaNet."""
+def hf_thinker(cfg: TextConfig, seed: int = 0, token_ids: dict | None = None):
+    """The transformers model of this config: fp32, eval, eager attention and experts, torch DeltaNet.
+
+    Omni thinkers take their special-token ids from `token_ids` (default: the top five ids of the vocabulary)."""
     from transformers import Qwen3_5MoeForCausalLM, Qwen3_5MoeTextConfig
     from transformers.models.qwen3_omni_moe import configuration_qwen3_omni_moe as oc
     from transformers.models.qwen3_omni_moe import modeling_qwen3_omni_moe as om
 
     if cfg.layout == OMNI:
+        ids = dict(vision_start_token_id=cfg.vocab_size - 5, audio_token_id=cfg.vocab_size - 4,
+                   image_token_id=cfg.vocab_size - 3, video_token_id=cfg.vocab_size - 2,
+                   audio_start_token_id=cfg.vocab_size - 1) | (token_ids or {})
         tc = oc.Qwen3OmniMoeThinkerConfig(text_config=cfg.to_hf(), audio_config=TINY_AUDIO,
-                                          vision_config=TINY_VISION, vision_start_token_id=cfg.vocab_size - 5,
-                                          audio_token_id=cfg.vocab_size - 4, image_token_id=cfg.vocab_size - 3,
-                                          video_token_id=cfg.vocab_size - 2, audio_start_token_id=cfg.vocab_size - 1)
+                                          vision_config=TINY_VISION, **ids)
         model = om.Qwen3OmniMoeThinkerForConditionalGeneration(tc)
     else:
         model = Qwen3_5MoeForCausalLM(Qwen3_5MoeTextConfig(**cfg.to_hf()))

@@ -20,7 +20,8 @@ from omnistream.thinker import ThinkerLM
 from omnistream.weights import load_thinker, save_thinker
 
 PROMPT = "Hello, 世界! How are you?"
-SUMMARY = re.compile(r"prefill \d+ tokens in [\d.]+ ms; generated \d+ tokens, decode [\d.]+ tokens/s")
+SUMMARY = re.compile(r"first token after [\d.]+ ms \(preprocessing \+ prefill of \d+ tokens\); "
+                     r"generated \d+ tokens, decode [\d.]+ tokens/s")
 
 
 @pytest.fixture(scope="module")

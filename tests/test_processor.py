@@ -135,11 +135,11 @@ def test_added_tokens_decoder_id_mismatch_is_an_error(tok_dir, tmp_path):
 def test_added_tokens_decoder_adds_tokens_missing_from_tokenizer_json(tok, tok_dir, tmp_path):
     shutil.copy(tok_dir / "tokenizer.json", tmp_path / "tokenizer.json")
     config = json.loads((tok_dir / "tokenizer_config.json").read_text())
-    config["added_tokens_decoder"]["320"] = {"content": "<|audio_start|>", "special": True}
+    config["added_tokens_decoder"]["320"] = {"content": "<|vision_start|>", "special": True}
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     extended = Tokenizer(tmp_path)
-    assert extended.token_to_id("<|audio_start|>") == 320
-    assert extended.encode("a<|audio_start|>")[-1] == 320
+    assert extended.token_to_id("<|vision_start|>") == 320
+    assert extended.encode("a<|vision_start|>")[-1] == 320
     assert extended.vocab_size == tok.vocab_size + 1
 
 

@@ -9,7 +9,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 
 # Qwen layout: the learned vocabulary first, then the added tokens; the think tags are added but not special
 # (so decoding keeps them), as in the Qwen3 / Qwen3.5 tokenizer_config.json.
-SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_start|>", "<|audio_end|>", "<|audio_pad|>"]
 ADDED = ["<think>", "</think>"]
 
 CORPUS = [

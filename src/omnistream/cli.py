@@ -10,9 +10,10 @@ import torch
 
 from .config import ConfigError
 from .engine import SamplingParams, stream
-from .processor import StreamDecoder, Tokenizer, TokenizerError
+from .audio.features import AudioError
+from .processor import Processor, StreamDecoder, Tokenizer, TokenizerError
 from .thinker import InputError
-from .weights import CheckpointError, load_thinker
+from .weights import CheckpointError, load_omni_thinker, load_thinker
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -27,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="checkpoint directory with config.json, *.safetensors and tokenizer.json")
     gen.add_argument("--prompt", required=True, metavar="TEXT", help="the user message")
     gen.add_argument("--system", metavar="TEXT", help="a system message placed before the prompt")
+    gen.add_argument("--audio", action="append", default=[], metavar="FILE",
+                     help="an audio file (wav, flac, ogg, mp3, or a video's audio track) placed before the prompt; "
+                          "repeatable; needs a Qwen3-Omni thinker checkpoint with its audio encoder")
     gen.add_argument("--max-new-tokens", type=int, default=256, metavar="N")
     gen.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 picks greedily (default)")
     gen.add_argument("--top-k", type=int, default=0, metavar="K", help="0 keeps every token (default)")
@@ -42,15 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _prompt_ids(tokenizer: Tokenizer, args: argparse.Namespace) -> list[int]:
-    """Token ids of the prompt: the chat template around --system/--prompt, or the raw prompt text."""
-    if not args.prompt.strip():
-        raise InputError("--prompt is empty")
-    if args.raw:
-        return tokenizer.encode(args.prompt)
+def _messages(args: argparse.Namespace) -> list[dict]:
+    """The chat: an optional system message, then the user's audio files (in order) and prompt text."""
     messages = [{"role": "system", "content": args.system}] if args.system else []
-    messages.append({"role": "user", "content": args.prompt})
-    return tokenizer.encode_chat(messages)
+    parts = [{"type": "audio", "audio": path} for path in args.audio]
+    messages.append({"role": "user", "content": parts + [{"type": "text", "text": args.prompt}]})
+    return messages
 
 
 def run_generate(args: argparse.Namespace) -> None:
@@ -58,17 +59,34 @@ def run_generate(args: argparse.Namespace) -> None:
     sampling = SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.seed)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: CUDA is not available on this machine")
+    if args.raw and args.audio:
+        raise InputError("--raw feeds text only; it cannot be combined with --audio")
+    if not args.prompt.strip():
+        raise InputError("--prompt is empty")
     tokenizer = Tokenizer(args.checkpoint)
-    model, _ = load_thinker(args.checkpoint, DTYPES[args.dtype], args.device)
+    embeds = None
+    if args.audio:
+        thinker = load_omni_thinker(args.checkpoint, DTYPES[args.dtype], args.device)
+        model = thinker.lm
+        start = time.perf_counter()
+        prompt = Processor(tokenizer, thinker.audio_tower.config)(_messages(args))
+        input_ids = prompt.input_ids.to(model.device)  # (1, S)
+        with torch.no_grad():
+            embeds = thinker.embed(input_ids, prompt.audio_features.to(model.device, model.dtype),
+                                   prompt.audio_lengths)  # (1, S, H)
+    else:
+        model, _ = load_thinker(args.checkpoint, DTYPES[args.dtype], args.device)
+        start = time.perf_counter()
+        ids = tokenizer.encode(args.prompt) if args.raw else tokenizer.encode_chat(_messages(args))
+        input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)  # (1, S)
     if args.compile:
         model.compile_decode()
-    input_ids = torch.tensor([_prompt_ids(tokenizer, args)], dtype=torch.long, device=model.device)  # (1, S)
     stops = tokenizer.eos_ids + [t for t in model.config.eos_token_ids if t not in tokenizer.eos_ids]
     decoder = StreamDecoder(tokenizer)
-    start = time.perf_counter()
     first = None
     n = 0
-    for token in stream(model, input_ids, max_new_tokens=args.max_new_tokens, sampling=sampling, stop_tokens=stops):
+    for token in stream(model, input_ids, max_new_tokens=args.max_new_tokens, sampling=sampling, stop_tokens=stops,
+                        inputs_embeds=embeds):
         n += 1
         if first is None:
             first = time.perf_counter()
@@ -78,7 +96,7 @@ def run_generate(args: argparse.Namespace) -> None:
     sys.stdout.write(decoder.flush() + "\n")
     sys.stdout.flush()
     rate = f"{(n - 1) / (end - first):.1f} tokens/s" if n > 1 else "n/a tokens/s"
-    print(f"prefill {input_ids.shape[1]} tokens in {(first - start) * 1e3:.1f} ms; "
+    print(f"first token after {(first - start) * 1e3:.1f} ms (preprocessing + prefill of {input_ids.shape[1]} tokens); "
           f"generated {n} tokens, decode {rate}", file=sys.stderr)
 
 
@@ -87,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ConfigError, CheckpointError, InputError, TokenizerError) as e:
+    except (ConfigError, CheckpointError, InputError, TokenizerError, AudioError) as e:
         print(f"omnistream: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     return 0

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as _HFTokenizer
+
+from .audio.encoder import num_audio_tokens
+from .audio.features import log_mel
+from .audio.io import load_audio
+from .config import AudioConfig
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 END_OF_TEXT = "<|endoftext|>"
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
+AUDIO_START = "<|audio_start|>"
+AUDIO_PAD = "<|audio_pad|>"
+AUDIO_END = "<|audio_end|>"
 ROLES = ("system", "user", "assistant")
 
 
@@ -114,8 +124,8 @@ class Tokenizer:
         return self.encode(chat_template(messages, add_generation_prompt, enable_thinking))
 
 
-def _message_text(index: int, message: Mapping) -> str:
-    """The text of one message: a string, or a list of {"type": "text", "text": ...} parts joined."""
+def _message_text(index: int, message: Mapping, media: list | None = None) -> str:
+    """The text of one message: a string, or a list of parts; audio parts become placeholders, sources -> media."""
     content = message.get("content")
     if isinstance(content, str):
         return content
@@ -123,9 +133,16 @@ def _message_text(index: int, message: Mapping) -> str:
         texts = []
         for part in content:
             kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+            if kind == "audio" and media is not None:
+                if part.get("audio") is None:
+                    raise TokenizerError(f"message {index}: audio part has no 'audio' field (a path, bytes or array)")
+                media.append(part["audio"])
+                texts.append(AUDIO_START + AUDIO_PAD + AUDIO_END)
+                continue
             if kind != "text":
+                supported = "text and audio" if media is not None else "text"
                 raise TokenizerError(f"message {index}: content part of type {kind!r} is not supported "
-                                     "(only text parts are)")
+                                     f"(only {supported} parts are)")
             if not isinstance(part.get("text"), str):
                 raise TokenizerError(f"message {index}: text part has no string 'text' field")
             texts.append(part["text"])
@@ -135,14 +152,16 @@ def _message_text(index: int, message: Mapping) -> str:
 
 
 def chat_template(messages: Sequence[Mapping], add_generation_prompt: bool = True,
-                  enable_thinking: bool | None = None) -> str:
+                  enable_thinking: bool | None = None, media: list | None = None) -> str:
     """Qwen ChatML text for `messages` ({"role", "content"} dicts), ending with the assistant's turn opener.
 
     Each message renders as `<|im_start|>{role}\\n{content}<|im_end|>\\n`; add_generation_prompt appends
     `<|im_start|>assistant\\n`. enable_thinking picks the Qwen3.5 thinking switch after that opener:
     None adds nothing (Qwen3-Omni and Qwen3 templates: the model decides), False adds an empty
     `<think>\\n\\n</think>\\n\\n` block (non-thinking reply), True adds `<think>\\n` (the reply starts inside
-    its reasoning, as Qwen3.5's template does by default).
+    its reasoning, as Qwen3.5's template does by default). When a `media` list is given, audio parts
+    ({"type": "audio", "audio": source}) render as `<|audio_start|><|audio_pad|><|audio_end|>` and their
+    sources are appended to it in order.
     """
     if not messages:
         raise TokenizerError("empty chat: messages is an empty list")
@@ -154,7 +173,7 @@ def chat_template(messages: Sequence[Mapping], add_generation_prompt: bool = Tru
         role = message.get("role")
         if role not in ROLES:
             raise TokenizerError(f"message {i}: unknown role {role!r}; expected one of {', '.join(ROLES)}")
-        text = _message_text(i, message)
+        text = _message_text(i, message, media)
         if role == "user" and not text.strip():
             raise TokenizerError(f"message {i}: user message has empty text")
         parts.append(f"{IM_START}{role}\n{text}{IM_END}\n")
@@ -198,3 +217,84 @@ class StreamDecoder:
         text = self._decode(self.ids[self.prefix:])
         self.prefix = self.read = len(self.ids)
         return text[len(done):]
+
+
+@dataclass
+class PromptInputs:
+    """Model inputs of one chat prompt: token ids (1, S), the log-mel of its audios and their frame counts."""
+
+    input_ids: torch.Tensor
+    audio_features: torch.Tensor | None = None
+    audio_lengths: list[int] = field(default_factory=list)
+
+
+def timestamp_text(seconds: float) -> str:
+    """The timestamp written into long audio, e.g. `<12.8 seconds>`."""
+    return f"<{seconds:.1f} seconds>"
+
+
+class Processor:
+    """Chat messages with audio parts -> PromptInputs: template, audio decoding, log-mel, placeholder expansion.
+
+    With `timestamp_every` (seconds, a multiple of the encoder chunk) the text `<t seconds>` is written between
+    the audio tokens at t = every, 2*every, ... so the model can tell time in long audio."""
+
+    def __init__(self, tokenizer: Tokenizer, audio_config: AudioConfig | None = None,
+                 max_audio_seconds: float = 3600.0, timestamp_every: float | None = None):
+        self.tokenizer = tokenizer
+        self.audio_config = audio_config
+        self.max_audio_seconds = max_audio_seconds
+        if timestamp_every is not None and audio_config is not None:
+            chunk_s = audio_config.chunk_frames / 100
+            if timestamp_every <= 0 or abs(timestamp_every / chunk_s - round(timestamp_every / chunk_s)) > 1e-9:
+                raise TokenizerError(f"timestamp_every={timestamp_every} s must be a positive multiple of the "
+                                     f"encoder chunk ({chunk_s} s)")
+        self.timestamp_every = timestamp_every
+        self.audio_pad_id = tokenizer.token_to_id(AUDIO_PAD)
+
+    def __call__(self, messages: Sequence[Mapping], add_generation_prompt: bool = True,
+                 enable_thinking: bool | None = None) -> PromptInputs:
+        media: list = []
+        text = chat_template(messages, add_generation_prompt, enable_thinking, media)
+        ids = self.tokenizer.encode(text)
+        if not media:
+            return PromptInputs(torch.tensor([ids], dtype=torch.long))
+        if self.audio_config is None or self.audio_pad_id is None:
+            raise TokenizerError("this checkpoint has no audio encoder or no <|audio_pad|> token, "
+                                 "so messages cannot contain audio")
+        waves = [load_audio(src, max_seconds=self.max_audio_seconds) for src in media]
+        features, mask = log_mel(waves, n_mels=self.audio_config.num_mel_bins)  # (A, mels, T), (A, T)
+        lengths = [int(n) for n in mask.sum(-1)]  # the reference counts frames from the batch mask
+        expanded, k = [], 0
+        for tid in ids:
+            if tid == self.audio_pad_id:
+                expanded += self.audio_tokens(lengths[k])
+                k += 1
+            else:
+                expanded.append(tid)
+        return PromptInputs(torch.tensor([expanded], dtype=torch.long), features, lengths)
+
+    def audio_tokens(self, frames: int) -> list[int]:
+        """The placeholder run of one audio of `frames` mel frames, with timestamp text between segments."""
+        total = num_audio_tokens(frames, self.audio_config)
+        if not self.timestamp_every:
+            return [self.audio_pad_id] * total
+        out, done = [], 0
+        every = round(self.timestamp_every * 100)  # frames
+        for k, start in enumerate(range(0, frames, every)):
+            if k:
+                out += self.tokenizer.encode(timestamp_text(start / 100))
+            upto = num_audio_tokens(min(frames, start + every), self.audio_config)
+            out += [self.audio_pad_id] * (upto - done)
+            done = upto
+        return out
+
+
+def text_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """3-row positions (3, B, S) of text and audio tokens: the running count of real tokens (padding gets 1).
+
+    Audio tokens advance one position each in both schemes (Qwen3-Omni: arange per audio; Qwen3.5-Omni: one
+    temporal id per 160 ms token), so text + audio prompts need no multimodal index."""
+    pos = attention_mask.long().cumsum(-1) - 1
+    pos = pos.masked_fill(attention_mask == 0, 1)
+    return pos.unsqueeze(0).expand(3, -1, -1)

@@ -77,8 +77,12 @@ class ThinkerLM(nn.Module):
         return self.lm_head(h), out
 
     def prefill(self, input_ids: torch.Tensor, cache: InferenceCache, attention_mask: torch.Tensor | None = None,
-                chunk_size: int = 2048, position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Feed a prompt in chunks of `chunk_size`; return the last position's logits (B, V)."""
+                chunk_size: int = 2048, position_ids: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed a prompt in chunks of `chunk_size`; return the last position's logits (B, V).
+
+        With `inputs_embeds` (B, S, H) (e.g. audio already placed at its placeholders) those are fed instead of
+        the embeddings of `input_ids`, which still name the tokens for validation."""
         self.check_input_ids(input_ids, cache)
         s = input_ids.shape[1]
         logits = None
@@ -86,7 +90,8 @@ class ThinkerLM(nn.Module):
             sl = slice(i, min(s, i + chunk_size))
             pos = None if position_ids is None else position_ids[..., sl]
             mask = None if attention_mask is None else attention_mask[:, sl]
-            logits, _ = self(input_ids[:, sl], position_ids=pos, attention_mask=mask, cache=cache, logits_to_keep=1)
+            feed = {"input_ids": input_ids[:, sl]} if inputs_embeds is None else {"inputs_embeds": inputs_embeds[:, sl]}
+            logits, _ = self(**feed, position_ids=pos, attention_mask=mask, cache=cache, logits_to_keep=1)
         return logits[:, -1]
 
     def decode(self, tokens: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
