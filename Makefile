@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: test setup run bench clean
+.PHONY: test setup speech run bench clean
 
 CHECKPOINT ?=
 PROMPT ?= Give me a one-sentence summary of what a Mixture-of-Experts model is.
@@ -15,7 +15,13 @@ $(VENV)/.ready: pyproject.toml
 
 setup: $(VENV)/.ready
 
-test: setup
+# Tests speak with espeak-ng (Debian package); without it those tests skip with a reason.
+speech:
+	@command -v espeak-ng >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq espeak-ng >/dev/null 2>&1; } || \
+		echo "note: espeak-ng is not installed; tests that need real speech will be skipped"
+
+test: setup speech
 	$(PY) -m pytest tests
 
 run: setup
