@@ -1,4 +1,13 @@
-"""Whisper-style log-mel features at 16 kHz, as Qwen3-Omni's feature extractor computes them."""
+"""Whisper-style log-mel features at 16 kHz, as Qwen3-Omni's feature extractor computes them.
+
+The extractor floors every value at (the utterance's peak - 8), in log10 units (an 80 dB range). With
+floor="global" (the reference) the peak is the max over the whole padded utterance, which a stream
+cannot know in advance; with floor="running" each frame is floored at the max over the frames up to
+and including itself, so the features of a prefix never change as audio arrives. The two agree wherever
+the quiet parts stay within 80 dB of the loudness reached so far; they differ where an utterance opens
+quieter than that (digital silence, a soft start): the global floor lifts those frames, the running one
+keeps them.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 SAMPLE_RATE = 16000
@@ -16,6 +26,8 @@ HOP_LENGTH = 160  # 10 ms: 100 frames per second
 N_MELS = 128
 F_MAX = 8000.0
 MIN_LONGEST = N_FFT // 2 + 1  # torch.stft reflect-pads n_fft // 2 samples each side: the input must be longer
+DYNAMIC_RANGE = 8.0  # log10 units below the peak where values are floored (80 dB)
+FLOORS = ("global", "running")
 
 
 class AudioError(ValueError):
@@ -77,14 +89,35 @@ def _check_waveform(index: int, waveform) -> torch.Tensor:
     return samples
 
 
+def running_peak(log_spec: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
+    """Max over frames so far (B, 1, T) of log10 mel (B, n_mels, T), continuing from `before` (B, 1, 1)."""
+    peak = log_spec.amax(dim=1, keepdim=True).cummax(dim=2).values  # (B, 1, T)
+    return peak if before is None else torch.maximum(peak, before)
+
+
+def scale_log_mel(log_spec: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
+    """log10 mel floored at `peak` - 8 (peak broadcast over it), mapped to Whisper's feature range."""
+    return (torch.maximum(log_spec, peak - DYNAMIC_RANGE) + 4.0) / 4.0
+
+
 class LogMel(nn.Module):
     """Log-mel (128 bins by default) of 16 kHz waveforms, batched with the Whisper extractor's padding semantics."""
 
-    def __init__(self, n_mels: int = N_MELS):
+    def __init__(self, n_mels: int = N_MELS, floor: str = "global"):
         super().__init__()
+        if floor not in FLOORS:
+            raise ValueError(f"floor must be one of {FLOORS}, got {floor!r}")
+        self.floor = floor
         filters = slaney_mel_filterbank(N_FFT // 2 + 1, n_mels, SAMPLE_RATE, 0.0, F_MAX)  # (n_freqs, n_mels)
         self.register_buffer("mel_filters", filters.T.to(torch.float32).contiguous(), persistent=False)
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)  # periodic
+
+    def log_spectrum(self, padded: torch.Tensor) -> torch.Tensor:
+        """Already padded samples (B, L) -> log10 mel power (B, n_mels, 1 + (L - n_fft) // hop) of every whole frame."""
+        stft = torch.stft(padded, N_FFT, HOP_LENGTH, window=self.window, center=False,
+                          return_complex=True)  # (B, n_freqs, frames)
+        mel = self.mel_filters @ (stft.abs() ** 2)  # (B, n_mels, frames)
+        return torch.clamp(mel, min=1e-10).log10()
 
     def forward(self, waveforms: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Waveforms (list of 1-D, 16 kHz) -> features (B, n_mels, T_max) float32, frame_mask (B, T_max) long."""
@@ -100,25 +133,25 @@ class LogMel(nn.Module):
                              f"(n_fft // 2 + 1) for the STFT's reflect padding")
         batch = nn.utils.rnn.pad_sequence([s.to(self.window.device) for s in samples],
                                           batch_first=True)  # (B, L_max), zeros after each waveform
-        stft = torch.stft(batch, N_FFT, HOP_LENGTH, window=self.window, center=True, pad_mode="reflect",
-                          return_complex=True)  # (B, n_freqs, L_max // hop + 1)
-        power = (stft[..., :-1].abs() ** 2).contiguous()  # (B, n_freqs, T_max): the last frame is dropped
-        mel = self.mel_filters @ power  # (B, n_mels, T_max)
-        log_spec = torch.clamp(mel, min=1e-10).log10()
-        peak = log_spec.amax(dim=(1, 2), keepdim=True)  # (B, 1, 1), over padded frames too
-        features = (torch.maximum(log_spec, peak - 8.0) + 4.0) / 4.0
+        padded = F.pad(batch[:, None], (N_FFT // 2, N_FFT // 2), mode="reflect")[:, 0]  # (B, L_max + n_fft)
+        log_spec = self.log_spectrum(padded)[..., :-1]  # (B, n_mels, T_max): the last frame is dropped
+        if self.floor == "global":
+            peak = log_spec.amax(dim=(1, 2), keepdim=True)  # (B, 1, 1), over padded frames too
+        else:
+            peak = running_peak(log_spec)  # (B, 1, T_max), padded frames come last so never raise it
+        features = scale_log_mel(log_spec, peak)
         starts = torch.arange(num_frames(longest), device=lengths.device) * HOP_LENGTH  # (T_max,)
         frame_mask = (starts[None, :] < lengths[:, None]).long()  # (B, T_max): a frame counts if its hop starts inside
         return features, frame_mask
 
 
 @functools.cache
-def _extractor(n_mels: int, device: torch.device) -> LogMel:
-    """The shared LogMel for a mel count and device, built once."""
-    return LogMel(n_mels).to(device)
+def _extractor(n_mels: int, floor: str, device: torch.device) -> LogMel:
+    """The shared LogMel for a mel count, floor and device, built once."""
+    return LogMel(n_mels, floor).to(device)
 
 
 def log_mel(waveforms: Sequence[np.ndarray | torch.Tensor], n_mels: int = N_MELS,
-            device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+            device: str | torch.device = "cpu", floor: str = "global") -> tuple[torch.Tensor, torch.Tensor]:
     """Waveforms (list of 1-D, 16 kHz) -> features (B, n_mels, T_max) float32, frame_mask (B, T_max) long."""
-    return _extractor(n_mels, torch.device(device))(waveforms)
+    return _extractor(n_mels, floor, torch.device(device))(waveforms)
