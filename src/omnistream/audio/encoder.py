@@ -101,10 +101,14 @@ class AudioEncoder(nn.Module):
         pad_to = max(min(size, n - s) for n in lengths for s in range(0, n, size))  # the batch's longest chunk
         window = self.window_tokens(conv_out_len(pad_to, self.config.num_downsample), window_frames)
         window_frames = window_frames or self.config.n_window_infer
-        step = window_frames * max(1, self.config.conv_chunksize // (window_frames // size))  # whole windows
+        step = self.block_frames(window_frames)
         outs = [self.encode_segment(features[b, :, s : min(n, s + step)], pad_to, window)
                 for b, n in enumerate(lengths) for s in range(0, n, step)]
         return torch.cat(outs)
+
+    def block_frames(self, window_frames: int) -> int:
+        """Mel frames encoded per call on long audio: as many whole windows as fill `conv_chunksize` chunks."""
+        return window_frames * max(1, self.config.conv_chunksize // (window_frames // self.config.chunk_frames))
 
     def encode_segment(self, mel: torch.Tensor, pad_to: int, window: int) -> torch.Tensor:
         """One audio's frames (mels, T), starting at a window boundary -> its tokens (n, output_dim).

@@ -48,7 +48,7 @@ class AudioEncoderStream:
         self.chunk = c.chunk_frames
         self.window_frames = window_frames or self.chunk  # one chunk: live mode (1 s for N=3, 1.28 s for N=4)
         self.window = encoder.window_tokens(conv_out_len(self.chunk, c.num_downsample), self.window_frames)
-        self.block = self.window_frames * max(1, c.conv_chunksize // (self.window_frames // self.chunk))
+        self.block = encoder.block_frames(self.window_frames)
         weight = encoder.conv_out.weight
         self.features = LogMel(c.num_mel_bins, floor="running").to(weight.device)
         self.empty = torch.empty(0, c.output_dim, dtype=weight.dtype, device=weight.device)
