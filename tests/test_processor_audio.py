@@ -1,6 +1,7 @@
 """Audio prompts: placeholder expansion, timestamps, positions, and `omnistream generate --audio` vs transformers."""
 
 import json
+import random
 
 import pytest
 import soundfile as sf
@@ -60,6 +61,18 @@ def test_timestamps_split_long_audio(checkpoint, tmp_path):
     assert ids.count(pad) == num_audio_tokens(350, cfg)
     with pytest.raises(TokenizerError, match="multiple of the encoder chunk"):
         Processor(tok, cfg, timestamp_every=1.5 + 1e-3)
+
+
+def test_random_timestamps_for_training(checkpoint):
+    path, _, tok, _ = checkpoint
+    cfg = audio_config(path)
+    proc = Processor(tok, cfg, timestamp_random_gap=(1.0, 3.0), rng=random.Random(5))
+    marks = [proc.timestamp_frames(6000) for _ in range(20)]
+    gaps = {b - a for m in marks for a, b in zip([0] + m, m)}
+    assert gaps <= {100, 200, 300} and len(gaps) > 1  # whole chunks, drawn from the range
+    assert all(m and m[-1] < 6000 for m in marks)
+    ids = proc.audio_tokens(6000)
+    assert ids.count(tok.token_to_id(AUDIO_PAD)) == num_audio_tokens(6000, cfg)
 
 
 def test_audio_needs_an_audio_model(checkpoint):

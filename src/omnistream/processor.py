@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,21 +237,32 @@ def timestamp_text(seconds: float) -> str:
 class Processor:
     """Chat messages with audio parts -> PromptInputs: template, audio decoding, log-mel, placeholder expansion.
 
-    With `timestamp_every` (seconds, a multiple of the encoder chunk) the text `<t seconds>` is written between
-    the audio tokens at t = every, 2*every, ... so the model can tell time in long audio."""
+    Timestamps let the model tell time in long audio: the text `<t seconds>` is written between the audio tokens
+    at t = every, 2*every, ... with `timestamp_every`, or (for training) at random chunk boundaries with gaps drawn
+    uniformly from `timestamp_random_gap` = (min_s, max_s) using `rng`. Times are whole encoder chunks."""
 
     def __init__(self, tokenizer: Tokenizer, audio_config: AudioConfig | None = None,
-                 max_audio_seconds: float = 3600.0, timestamp_every: float | None = None):
+                 max_audio_seconds: float = 3600.0, timestamp_every: float | None = None,
+                 timestamp_random_gap: tuple[float, float] | None = None, rng: random.Random | None = None):
         self.tokenizer = tokenizer
         self.audio_config = audio_config
         self.max_audio_seconds = max_audio_seconds
-        if timestamp_every is not None and audio_config is not None:
-            chunk_s = audio_config.chunk_frames / 100
-            if timestamp_every <= 0 or abs(timestamp_every / chunk_s - round(timestamp_every / chunk_s)) > 1e-9:
-                raise TokenizerError(f"timestamp_every={timestamp_every} s must be a positive multiple of the "
-                                     f"encoder chunk ({chunk_s} s)")
-        self.timestamp_every = timestamp_every
+        self.every = self.gap = None
+        if audio_config is not None:
+            if timestamp_every is not None:
+                self.every = self._chunks("timestamp_every", timestamp_every)
+            if timestamp_random_gap is not None:
+                self.gap = tuple(self._chunks("timestamp_random_gap", g) for g in timestamp_random_gap)
+        self.rng = rng or random.Random(0)
         self.audio_pad_id = tokenizer.token_to_id(AUDIO_PAD)
+
+    def _chunks(self, name: str, seconds: float) -> int:
+        """`seconds` as a whole number (>= 1) of encoder chunks, or a TokenizerError."""
+        chunk_s = self.audio_config.chunk_frames / 100
+        n = round(seconds / chunk_s)
+        if n < 1 or abs(seconds - n * chunk_s) > 1e-9:
+            raise TokenizerError(f"{name}={seconds} s must be a positive multiple of the encoder chunk ({chunk_s} s)")
+        return n
 
     def __call__(self, messages: Sequence[Mapping], add_generation_prompt: bool = True,
                  enable_thinking: bool | None = None) -> PromptInputs:
@@ -274,18 +286,25 @@ class Processor:
                 expanded.append(tid)
         return PromptInputs(torch.tensor([expanded], dtype=torch.long), features, lengths)
 
+    def timestamp_frames(self, frames: int) -> list[int]:
+        """Mel-frame offsets inside an audio of `frames` frames where a timestamp is written."""
+        chunk = self.audio_config.chunk_frames
+        marks, at = [], 0
+        while self.every or self.gap:
+            at += chunk * (self.every or self.rng.randint(*self.gap))
+            if at >= frames:
+                break
+            marks.append(at)
+        return marks
+
     def audio_tokens(self, frames: int) -> list[int]:
         """The placeholder run of one audio of `frames` mel frames, with timestamp text between segments."""
-        total = num_audio_tokens(frames, self.audio_config)
-        if not self.timestamp_every:
-            return [self.audio_pad_id] * total
         out, done = [], 0
-        every = round(self.timestamp_every * 100)  # frames
-        for k, start in enumerate(range(0, frames, every)):
-            if k:
-                out += self.tokenizer.encode(timestamp_text(start / 100))
-            upto = num_audio_tokens(min(frames, start + every), self.audio_config)
+        for at in self.timestamp_frames(frames) + [frames]:
+            upto = num_audio_tokens(at, self.audio_config)
             out += [self.audio_pad_id] * (upto - done)
+            if at < frames:
+                out += self.tokenizer.encode(timestamp_text(at / 100))
             done = upto
         return out
 
