@@ -1,0 +1,1 @@
+"""Vision: image and video preprocessing, the vision encoder."""
