@@ -66,7 +66,8 @@ class InferenceCache:
             for kind in config.layer_types
         ]
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)  # key padding mask
-        self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)  # next text position per row
+        # next position per row: max position so far + 1 (float: Qwen3-Omni video time can be fractional)
+        self.next_pos = torch.zeros(batch_size, dtype=torch.float32, device=device)
         self.length = 0  # slots used; identical for every row
         self.padded = False  # any invalid slot so far
 

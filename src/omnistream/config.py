@@ -364,3 +364,83 @@ def qwen35_omni_audio(**kw: Any) -> AudioConfig:
     base = dict(n_window=64, n_window_infer=1024, num_downsample=4)
     base.update(kw)
     return AudioConfig(**base)
+
+
+VISION_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu")
+
+
+@dataclass
+class VisionConfig:
+    """ViT vision encoder: 3-D patch embed, learned 2-D positions, axial RoPE, per-frame attention, 2x2 merger."""
+
+    depth: int = 27
+    hidden_size: int = 1152
+    hidden_act: str = "gelu_pytorch_tanh"
+    intermediate_size: int = 4304
+    num_heads: int = 16
+    in_channels: int = 3
+    patch_size: int = 16
+    spatial_merge_size: int = 2
+    temporal_patch_size: int = 2
+    out_hidden_size: int = 3584
+    num_position_embeddings: int = 2304
+    deepstack_visual_indexes: list[int] = field(default_factory=lambda: [8, 16, 24])
+    rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        self.deepstack_visual_indexes = list(self.deepstack_visual_indexes)
+        problems = []
+        sizes = ("depth", "hidden_size", "intermediate_size", "num_heads", "in_channels", "patch_size",
+                 "spatial_merge_size", "temporal_patch_size", "out_hidden_size", "num_position_embeddings")
+        if bad := [n for n in sizes if not isinstance(getattr(self, n), int) or getattr(self, n) <= 0]:
+            problems.append(f"{', '.join(bad)} must be positive integers")
+        elif self.hidden_size % self.num_heads:
+            problems.append(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+        elif self.head_dim % 4:
+            problems.append(f"head_dim {self.head_dim} must be a multiple of 4 (2-D axial rotary)")
+        if isinstance(self.num_position_embeddings, int) and self.grid_per_side ** 2 != self.num_position_embeddings:
+            problems.append(f"num_position_embeddings {self.num_position_embeddings} is not a square grid")
+        if self.hidden_act not in VISION_ACTIVATIONS:
+            problems.append(f"hidden_act {self.hidden_act!r} is not supported (one of {list(VISION_ACTIVATIONS)})")
+        idx = self.deepstack_visual_indexes
+        if len(set(idx)) != len(idx) or any(not isinstance(i, int) or not 0 <= i < self.depth for i in idx):
+            problems.append(f"deepstack_visual_indexes {idx} must be distinct block indices below depth {self.depth}")
+        if problems:
+            raise ConfigError("invalid vision config: " + "; ".join(problems))
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def grid_per_side(self) -> int:
+        return round(self.num_position_embeddings**0.5)
+
+    @property
+    def patch_dim(self) -> int:
+        """Values per flattened input patch: in_channels * temporal_patch_size * patch_size**2."""
+        return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any]) -> "VisionConfig":
+        """From a qwen3_omni_moe vision_config dict (or a whole Qwen3-Omni / thinker config.json)."""
+        if "thinker_config" in cfg:
+            cfg = cfg["thinker_config"]
+        cfg = cfg.get("vision_config", cfg)
+        rope = dict(cfg.get("rope_parameters") or {})
+        if rope.get("rope_type", "axial") != "axial":
+            raise ConfigError(f"vision rope_type {rope['rope_type']!r} is not supported (only 'axial')")
+        for name in ("patch_size", "temporal_patch_size"):
+            if isinstance(cfg.get(name), (list, tuple)):
+                raise ConfigError(f"vision {name} {cfg[name]} must be a single integer")
+        names = {f.name for f in dataclasses.fields(cls)} - {"rope_theta"}
+        theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
+        return cls(**{k: v for k, v in cfg.items() if k in names}, rope_theta=float(theta))
+
+
+def tiny_vision(**kw: Any) -> VisionConfig:
+    """A tiny vision encoder for tests: 3 blocks of width 32, 4-pixel patches, an 8x8 position table."""
+    base = dict(depth=3, hidden_size=32, num_heads=2, intermediate_size=48, patch_size=4, temporal_patch_size=2,
+                spatial_merge_size=2, out_hidden_size=48, num_position_embeddings=64, deepstack_visual_indexes=[0, 2])
+    base.update(kw)
+    return VisionConfig(**base)

@@ -78,12 +78,14 @@ class Decoder(nn.Module):
     def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 cache: InferenceCache | None = None, output_hidden_states: bool = False,
-                output_router_logits: bool = False) -> DecoderOutput:
-        """Run S new tokens. attention_mask (B, S): 1 real, 0 left padding. The cache is advanced in place."""
+                output_router_logits: bool = False, deepstack: list[torch.Tensor] | None = None) -> DecoderOutput:
+        """Run S new tokens. attention_mask (B, S): 1 real, 0 left padding. The cache is advanced in place.
+
+        deepstack: tensors (B, S, H), zero off the visual positions, added to the output of layers 0, 1, ..."""
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, S, H)
         b, s, _ = x.shape
         pad = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
-        base = cache.next_pos if cache is not None else torch.zeros(b, dtype=torch.long, device=x.device)
+        base = cache.next_pos if cache is not None else torch.zeros(b, device=x.device)
         if position_ids is None:
             ones = torch.ones(b, s, dtype=torch.long, device=x.device)
             steps = ones if pad is None else pad.long()
@@ -94,16 +96,19 @@ class Decoder(nn.Module):
 
         start, mask, is_causal = self._attention_mask(cache, pad, b, s, x.device)
         if cache is not None:
-            cache.next_pos.copy_(torch.maximum(base, position_ids.amax(dim=(0, 2)).long() + 1))
+            cache.next_pos.copy_(torch.maximum(base, position_ids.amax(dim=(0, 2)).float() + 1))
 
-        out = DecoderOutput(x)
+        out = DecoderOutput(x, [x] if output_hidden_states else [])
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            if output_hidden_states:
-                out.hidden_states.append(x)
             state = cache.layers[i] if cache is not None else None
             x, logits = layer(x, cos, sin, state, start, mask, is_causal, pad)
             if output_router_logits and logits is not None:
                 out.router_logits.append(logits)
+            if output_hidden_states and i < last:
+                out.hidden_states.append(x)  # before deepstack injection, as the reference records them
+            if deepstack is not None and i < len(deepstack):
+                x = x + deepstack[i].to(x.dtype)
         out.last_hidden_state = self.norm(x)
         if output_hidden_states:
             out.hidden_states.append(out.last_hidden_state)

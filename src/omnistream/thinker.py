@@ -61,7 +61,8 @@ class ThinkerLM(nn.Module):
     def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 cache: InferenceCache | None = None, logits_to_keep: int = 0, output_hidden_states: bool = False,
-                output_router_logits: bool = False) -> tuple[torch.Tensor, DecoderOutput]:
+                output_router_logits: bool = False,
+                deepstack: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, DecoderOutput]:
         """Logits (B, S or logits_to_keep, V) and the decoder output for S new tokens."""
         if (input_ids is None) == (inputs_embeds is None):
             raise InputError("pass exactly one of input_ids or inputs_embeds")
@@ -70,7 +71,7 @@ class ThinkerLM(nn.Module):
         elif inputs_embeds.shape[1] == 0:
             raise InputError("empty prompt: inputs_embeds has no positions")
         out = self.model(input_ids, inputs_embeds, position_ids, attention_mask, cache, output_hidden_states,
-                         output_router_logits)
+                         output_router_logits, deepstack)
         h = out.last_hidden_state
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
@@ -78,7 +79,7 @@ class ThinkerLM(nn.Module):
 
     def prefill(self, input_ids: torch.Tensor, cache: InferenceCache, attention_mask: torch.Tensor | None = None,
                 chunk_size: int = 2048, position_ids: torch.Tensor | None = None,
-                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+                inputs_embeds: torch.Tensor | None = None, deepstack: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Feed a prompt in chunks of `chunk_size`; return the last position's logits (B, V).
 
         With `inputs_embeds` (B, S, H) (e.g. audio already placed at its placeholders) those are fed instead of
@@ -91,7 +92,9 @@ class ThinkerLM(nn.Module):
             pos = None if position_ids is None else position_ids[..., sl]
             mask = None if attention_mask is None else attention_mask[:, sl]
             feed = {"input_ids": input_ids[:, sl]} if inputs_embeds is None else {"inputs_embeds": inputs_embeds[:, sl]}
-            logits, _ = self(**feed, position_ids=pos, attention_mask=mask, cache=cache, logits_to_keep=1)
+            ds = None if deepstack is None else [d[:, sl] for d in deepstack]
+            logits, _ = self(**feed, position_ids=pos, attention_mask=mask, cache=cache, logits_to_keep=1,
+                             deepstack=ds)
         return logits[:, -1]
 
     def decode(self, tokens: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
