@@ -16,7 +16,7 @@ def pair():
     hf = hf_thinker(tiny_omni(), seed=7)
     cfg = hf.config.to_dict()
     ours = Thinker(TextConfig.from_hf(cfg), AudioConfig.from_hf(cfg), cfg["audio_token_id"]).eval()
-    load_state_into(ours, convert_thinker_state_dict(hf.state_dict()))
+    load_state_into(ours, convert_thinker_state_dict(hf.state_dict(), towers=("audio_tower",)))
     return hf, ours
 
 

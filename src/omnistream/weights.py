@@ -33,7 +33,7 @@ _PREFIXES = [
     ("lm_head.", "lm_head."),
 ]
 _OTHER_COMPONENT = re.compile(r"(^|\.)(audio_tower|visual)\.|^(talker|code2wav|mtp)\.")
-_AUDIO = re.compile(r"(?:^|\.)audio_tower\.(.+)$")
+_TOWER = re.compile(r"(?:^|\.)(audio_tower|visual)\.(.+)$")  # the Thinker's encoders, under any prefix
 _PER_EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 
 
@@ -153,12 +153,13 @@ def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], sour
             expected[k].copy_(v)
 
 
-def convert_thinker_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A Hugging Face Qwen3-Omni thinker state dict -> names of omnistream's Thinker (lm.*, audio_tower.*)."""
+def convert_thinker_state_dict(state: dict[str, torch.Tensor],
+                               towers: tuple[str, ...] = ("audio_tower", "visual")) -> dict[str, torch.Tensor]:
+    """A Hugging Face Qwen3-Omni thinker state dict -> omnistream Thinker names (lm.*, and the chosen towers)."""
     out = {"lm." + k: v for k, v in convert_state_dict(state).items()}
     for name, tensor in state.items():
-        if m := _AUDIO.search(name):
-            out["audio_tower." + m.group(1)] = tensor
+        if (m := _TOWER.search(name)) and m.group(1) in towers:
+            out[f"{m.group(1)}.{m.group(2)}"] = tensor
     return out
 
 
@@ -179,8 +180,8 @@ def _empty(build, dtype: torch.dtype, device) -> torch.nn.Module:
     return module.eval()
 
 
-def _read(path: str | Path, dtype: torch.dtype, with_audio: bool):
-    """Config, LM state (our names), audio-tower state and layout of a checkpoint directory."""
+def _read(path: str | Path, dtype: torch.dtype, with_towers: bool):
+    """Config, LM state (our names), encoder-tower state (audio_tower.*, visual.*) and layout of a checkpoint."""
     directory = Path(path)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory {directory} does not exist")
@@ -190,10 +191,10 @@ def _read(path: str | Path, dtype: torch.dtype, with_audio: bool):
     config = TextConfig.from_file(cfg_path)
     raw = json.loads(cfg_path.read_text())
     layout = CheckpointLayout(config=raw)
-    state, audio, experts = {}, {}, defaultdict(dict)
+    state, towers, experts = {}, {}, defaultdict(dict)
     for file, name, handle in _iter_tensors(_shard_files(directory)):
-        if with_audio and (m := _AUDIO.search(name)):
-            audio[m.group(1)] = _get(file, handle, name).to(dtype)
+        if with_towers and (m := _TOWER.search(name)):
+            towers[f"{m.group(1)}.{m.group(2)}"] = _get(file, handle, name).to(dtype)
             continue
         if _OTHER_COMPONENT.search(name):
             layout.passthrough[name] = file
@@ -213,12 +214,12 @@ def _read(path: str | Path, dtype: torch.dtype, with_audio: bool):
         else:
             state[ours] = tensor
     state.update(_fuse_experts(experts))
-    return config, raw, state, audio, layout
+    return config, raw, state, towers, layout
 
 
 def load_thinker(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu"):
     """Load the Thinker LM of a checkpoint directory; returns (model, layout for saving back)."""
-    config, _, state, _, layout = _read(path, dtype, with_audio=False)
+    config, _, state, _, layout = _read(path, dtype, with_towers=False)
     model = _empty(lambda: ThinkerLM(config), dtype, device)
     load_state_into(model, state, str(path))
     return model, layout
@@ -226,14 +227,14 @@ def load_thinker(path: str | Path, dtype: torch.dtype = torch.float32, device="c
 
 def load_omni_thinker(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu") -> Thinker:
     """Load a Qwen3-Omni Thinker with its audio encoder from a checkpoint directory."""
-    config, raw, state, audio, _ = _read(path, dtype, with_audio=True)
+    config, raw, state, towers, _ = _read(path, dtype, with_towers=True)
     thinker_cfg = raw.get("thinker_config", raw)
     if "audio_config" not in thinker_cfg:
         raise ConfigError(f"{path}/config.json has no audio_config: not an omni thinker checkpoint")
     audio_cfg = AudioConfig.from_hf(thinker_cfg)
     token = thinker_cfg.get("audio_token_id")
     model = _empty(lambda: Thinker(config, audio_cfg, token), dtype, device)
-    full = {"lm." + k: v for k, v in state.items()} | {"audio_tower." + k: v for k, v in audio.items()}
+    full = {"lm." + k: v for k, v in state.items()} | {k: v for k, v in towers.items() if k.startswith("audio")}
     load_state_into(model, full, str(path))
     return model
 
