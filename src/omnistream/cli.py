@@ -64,7 +64,7 @@ def run_generate(args: argparse.Namespace) -> None:
     if not args.prompt.strip():
         raise InputError("--prompt is empty")
     tokenizer = Tokenizer(args.checkpoint)
-    embeds = None
+    embeds = deepstack = None
     if args.audio:
         thinker = load_omni_thinker(args.checkpoint, DTYPES[args.dtype], args.device)
         model = thinker.lm
@@ -72,8 +72,8 @@ def run_generate(args: argparse.Namespace) -> None:
         prompt = Processor(tokenizer, thinker.audio_tower.config)(_messages(args))
         input_ids = prompt.input_ids.to(model.device)  # (1, S)
         with torch.no_grad():
-            embeds = thinker.embed(input_ids, prompt.audio_features.to(model.device, model.dtype),
-                                   prompt.audio_lengths)  # (1, S, H)
+            embeds, deepstack = thinker.embed(input_ids, prompt.audio_features.to(model.device, model.dtype),
+                                              prompt.audio_lengths)  # (1, S, H)
     else:
         model, _ = load_thinker(args.checkpoint, DTYPES[args.dtype], args.device)
         start = time.perf_counter()
@@ -86,7 +86,7 @@ def run_generate(args: argparse.Namespace) -> None:
     first = None
     n = 0
     for token in stream(model, input_ids, max_new_tokens=args.max_new_tokens, sampling=sampling, stop_tokens=stops,
-                        inputs_embeds=embeds):
+                        inputs_embeds=embeds, deepstack=deepstack):
         n += 1
         if first is None:
             first = time.perf_counter()

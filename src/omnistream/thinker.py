@@ -7,9 +7,10 @@ from torch import nn
 
 from .audio.encoder import AudioEncoder
 from .cache import InferenceCache
-from .config import AudioConfig, ConfigError, TextConfig
+from .config import AudioConfig, ConfigError, TextConfig, VisionConfig
 from .decoder import Decoder, DecoderOutput
 from .modules.moe import load_balancing_loss
+from .vision.encoder import VisionEncoder
 
 
 class InputError(ValueError):
@@ -127,39 +128,69 @@ class ThinkerLM(nn.Module):
 
 
 class Thinker(nn.Module):
-    """The Thinker: its language model plus encoders whose outputs replace placeholder tokens (audio so far)."""
+    """The Thinker: its language model plus the audio and vision encoders whose tokens replace placeholders."""
 
-    def __init__(self, text: TextConfig, audio: AudioConfig | None = None, audio_token_id: int | None = None):
+    def __init__(self, text: TextConfig, audio: AudioConfig | None = None, audio_token_id: int | None = None,
+                 vision: VisionConfig | None = None, image_token_id: int | None = None,
+                 video_token_id: int | None = None):
         super().__init__()
         self.lm = ThinkerLM(text)
         self.audio_tower = AudioEncoder(audio) if audio is not None else None
-        self.audio_token_id = audio_token_id
-        if audio is not None and audio.output_dim != text.hidden_size:
-            raise ConfigError(f"audio output_dim {audio.output_dim} != thinker hidden_size {text.hidden_size}")
+        self.visual = VisionEncoder(vision) if vision is not None else None
+        self.audio_token_id, self.image_token_id, self.video_token_id = audio_token_id, image_token_id, video_token_id
+        for name, cfg, width in (("audio output_dim", audio, audio and audio.output_dim),
+                                 ("vision out_hidden_size", vision, vision and vision.out_hidden_size)):
+            if cfg is not None and width != text.hidden_size:
+                raise ConfigError(f"{name} {width} != thinker hidden_size {text.hidden_size}")
 
-    def embed(self, input_ids: torch.Tensor, audio_features: torch.Tensor | None = None,
-              audio_lengths: torch.Tensor | list[int] | None = None) -> torch.Tensor:
-        """Token embeddings (B, S, H) with each audio's encoder tokens written over its audio placeholders in order."""
-        self.lm.check_input_ids(input_ids)
-        x = self.lm.model.embed_tokens(input_ids)
-        slots = input_ids == self.audio_token_id if self.audio_token_id is not None else None
-        n_slots = int(slots.sum()) if slots is not None else 0
-        if audio_features is None:
-            if n_slots:
-                raise InputError(f"prompt has {n_slots} audio placeholder tokens but no audio was given")
-            return x
-        if self.audio_tower is None:
-            raise InputError("this checkpoint has no audio encoder")
-        tokens = self.audio_tower(audio_features, audio_lengths)  # (N_audio_tokens, H)
-        if tokens.shape[0] != n_slots:
-            raise InputError(f"audio encodes to {tokens.shape[0]} tokens but the prompt has {n_slots} audio "
-                             "placeholders; build prompts with the processor so the counts agree")
+    def _slots(self, input_ids: torch.Tensor, token_id: int | None, name: str, given: bool, tower) -> torch.Tensor:
+        """Placeholder mask (B, S) for one modality, checking that inputs and encoder exist when it is used."""
+        slots = input_ids == token_id if token_id is not None else torch.zeros_like(input_ids, dtype=torch.bool)
+        if bool(slots.any()) and not given:
+            raise InputError(f"prompt has {int(slots.sum())} {name} placeholder tokens but no {name} was given")
+        if given and tower is None:
+            raise InputError(f"this checkpoint has no {name} encoder")
+        return slots
+
+    @staticmethod
+    def _place(x: torch.Tensor, slots: torch.Tensor, tokens: torch.Tensor, name: str) -> torch.Tensor:
+        """Write encoder tokens (n, H) over the n placeholder positions of x (B, S, H), in order."""
+        if tokens.shape[0] != int(slots.sum()):
+            raise InputError(f"{name} encodes to {tokens.shape[0]} tokens but the prompt has {int(slots.sum())} "
+                             f"{name} placeholders; build prompts with the processor so the counts agree")
         return x.masked_scatter(slots.unsqueeze(-1), tokens.to(x.dtype))
 
+    def embed(self, input_ids: torch.Tensor, audio_features: torch.Tensor | None = None,
+              audio_lengths: torch.Tensor | list[int] | None = None, pixel_values: torch.Tensor | None = None,
+              image_grid_thw: torch.Tensor | None = None, pixel_values_videos: torch.Tensor | None = None,
+              video_grid_thw: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Embeddings (B, S, H) with encoder tokens at their placeholders, and the deepstack additions (or None)."""
+        self.lm.check_input_ids(input_ids)
+        x = self.lm.model.embed_tokens(input_ids)
+        audio = self._slots(input_ids, self.audio_token_id, "audio", audio_features is not None, self.audio_tower)
+        if audio_features is not None:
+            x = self._place(x, audio, self.audio_tower(audio_features, audio_lengths), "audio")
+        deepstack = None
+        for name, token_id, pixels, grid in (("image", self.image_token_id, pixel_values, image_grid_thw),
+                                             ("video", self.video_token_id, pixel_values_videos, video_grid_thw)):
+            slots = self._slots(input_ids, token_id, name, pixels is not None, self.visual)
+            if pixels is None:
+                continue
+            tokens, extra = self.visual(pixels.to(x.dtype), grid)
+            x = self._place(x, slots, tokens, name)
+            if deepstack is None:
+                deepstack = [torch.zeros_like(x) for _ in extra]
+            deepstack = [self._place(d, slots, e, name) for d, e in zip(deepstack, extra)]
+        return x, deepstack
+
     def forward(self, input_ids: torch.Tensor, audio_features: torch.Tensor | None = None,
-                audio_lengths: torch.Tensor | list[int] | None = None, **kwargs) -> tuple[torch.Tensor, DecoderOutput]:
+                audio_lengths: torch.Tensor | list[int] | None = None, pixel_values: torch.Tensor | None = None,
+                image_grid_thw: torch.Tensor | None = None, pixel_values_videos: torch.Tensor | None = None,
+                video_grid_thw: torch.Tensor | None = None, **kwargs) -> tuple[torch.Tensor, DecoderOutput]:
         """Logits and decoder output; kwargs (position_ids, attention_mask, cache, ...) go to ThinkerLM.forward."""
         cache = kwargs.get("cache")
         if cache is not None:
             self.lm.check_input_ids(input_ids, cache)
-        return self.lm(inputs_embeds=self.embed(input_ids, audio_features, audio_lengths), **kwargs)
+        embeds, deepstack = self.embed(input_ids, audio_features, audio_lengths, pixel_values, image_grid_thw,
+                                       pixel_values_videos, video_grid_thw)
+        return self.lm(inputs_embeds=embeds, deepstack=deepstack, **kwargs)

@@ -21,10 +21,13 @@ class GenerationResult:
 
 def stream(model: ThinkerLM, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
            max_new_tokens: int = 256, sampling: SamplingParams | None = None, stop_tokens: Sequence[int] = (),
-           prefill_chunk: int = 2048, cache=None, inputs_embeds: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+           prefill_chunk: int = 2048, cache=None, inputs_embeds: torch.Tensor | None = None,
+           deepstack: list[torch.Tensor] | None = None,
+           position_ids: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
     """Yield the next token of every row (B,) as soon as it is chosen; stops when all rows hit a stop token.
 
-    `inputs_embeds` (B, S, H) replaces the prompt's token embeddings (multimodal prompts: see Thinker.embed)."""
+    Multimodal prompts pass what Thinker.embed returns: `inputs_embeds` (B, S, H) replacing the token embeddings
+    and `deepstack`, with their 3-row `position_ids`; decoding continues from the prompt's largest position."""
     sampling = sampling or SamplingParams()
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -50,7 +53,7 @@ def stream(model: ThinkerLM, input_ids: torch.Tensor, attention_mask: torch.Tens
     stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=model.device)
     done = torch.zeros(b, dtype=torch.bool, device=model.device)
     with torch.no_grad():
-        logits = model.prefill(input_ids, cache, attention_mask, prefill_chunk, inputs_embeds=inputs_embeds)
+        logits = model.prefill(input_ids, cache, attention_mask, prefill_chunk, position_ids, inputs_embeds, deepstack)
         for step in range(total - s):
             token = sample(logits, sampling, seen, generator)
             if stops.numel():
@@ -66,10 +69,11 @@ def stream(model: ThinkerLM, input_ids: torch.Tensor, attention_mask: torch.Tens
 
 def generate(model: ThinkerLM, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
              max_new_tokens: int = 256, sampling: SamplingParams | None = None, stop_tokens: Sequence[int] = (),
-             prefill_chunk: int = 2048, cache=None, inputs_embeds: torch.Tensor | None = None) -> GenerationResult:
+             prefill_chunk: int = 2048, cache=None, inputs_embeds: torch.Tensor | None = None,
+             deepstack: list[torch.Tensor] | None = None, position_ids: torch.Tensor | None = None) -> GenerationResult:
     """Run `stream` to the end; a row's length counts its stop token."""
     steps = list(stream(model, input_ids, attention_mask, max_new_tokens, sampling, stop_tokens, prefill_chunk,
-                        cache, inputs_embeds))
+                        cache, inputs_embeds, deepstack, position_ids))
     tokens = torch.stack(steps, dim=1)  # (B, N)
     lengths = []
     for row in tokens.tolist():
