@@ -30,12 +30,11 @@ ticks, shared by audio and video, and items are contiguous: each item starts at 
 
 rope_deltas (B, 1) = 1 + max position - number of real tokens; `decode_positions` continues from there.
 Padded slots hold 0, except in a Qwen3-Omni batch given no image or video grid, where they hold 1 (the reference's
-text branch).
+text branch; its deltas also count that 1 as a position, which differs from ours only for a padded one-token row).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -70,17 +69,17 @@ class _Scheme:
     images: torch.Tensor | None  # (N, 3)
     videos: torch.Tensor | None  # (N, 3)
     merge: int
-    video_seconds: Sequence[float] | None
-    image_step: float  # temporal step between the patches of an image
-    audio_tokens: list[int] | None  # Qwen3-Omni: expected tokens per audio; Qwen3.5-Omni: counted from the prompt
-    omni: bool
-    audio_in_video: bool | None  # Qwen3-Omni: the flag every video must agree with
+    video_seconds: Sequence[float] | torch.Tensor | None
+    omni: bool = False
+    per_second: float = 13  # Qwen3-Omni position_id_per_seconds (an image patch counts as one second)
+    audio_tokens: list[int] | None = None  # Qwen3-Omni: tokens per audio; None: counted from the prompt
+    audio_in_video: bool | None = None  # Qwen3-Omni: the flag every video must agree with
     image_idx: int = 0
     video_idx: int = 0
     audio_idx: int = 0
 
-    def grid(self, kind: str) -> tuple[int, int, int]:
-        """The next unused grid of `kind` ('image' or 'video')."""
+    def grid(self, kind: str) -> tuple[int, int, int, int]:
+        """Index and merged grid (t, h, w) of the next unused `kind` ('image' or 'video')."""
         grids, idx = (self.images, self.image_idx) if kind == "image" else (self.videos, self.video_idx)
         if grids is None or idx >= len(grids):
             raise PositionError(f"the prompts hold more {kind}s than the {0 if grids is None else len(grids)} "
@@ -92,21 +91,20 @@ class _Scheme:
             self.image_idx += 1
         else:
             self.video_idx += 1
-        return t, h // self.merge, w // self.merge
+        return idx, t, h // self.merge, w // self.merge
 
-    def patch_offsets(self, kind: str, t: int) -> torch.Tensor:
-        """Temporal offsets (t,) of an item's patches from its start."""
+    def patch_offsets(self, kind: str, idx: int, t: int) -> torch.Tensor:
+        """Temporal offsets (t,) of the patches of item `idx` of `kind` from its start."""
         k = torch.arange(t)
         if kind == "image":
-            return (k * self.image_step).to(self.dtype)
+            return (k * self.per_second).to(self.dtype) if self.omni else k
         if t == 1:
             return torch.zeros(1, dtype=self.dtype)
-        idx = self.video_idx - 1
         if self.video_seconds is None or idx >= len(self.video_seconds):
             raise PositionError(f"video {idx} has {t} temporal patches but video_second_per_grid gives no duration")
         seconds = float(self.video_seconds[idx])
         if self.omni:
-            return k * torch.tensor(seconds, dtype=torch.float32) * self.image_step  # the reference's float32 order
+            return k * torch.tensor(seconds, dtype=torch.float32) * self.per_second  # the reference's float32 order
         return torch.floor(k.double() * (seconds / TICK_SECONDS) + 1e-6).long()
 
     def audio_count(self, run: int) -> int:
@@ -166,10 +164,12 @@ class _Walk:
         self.next = torch.zeros((), dtype=scheme.dtype)
 
     def add(self, pos: torch.Tensor, next_pos: torch.Tensor) -> None:
+        """Append positions (3, n) and move the cursor to `next_pos`."""
         self.pieces.append(pos.to(self.s.dtype))
         self.next = next_pos.to(self.s.dtype)
 
     def text(self, n: int) -> None:
+        """Append n sequential text positions."""
         if n:
             self.add(_text(n, self.next), self.next + n)
 
@@ -186,7 +186,7 @@ class _Walk:
             self.text(mark - at)
             at = mark + self.item(mark)
         self.text(n - at)
-        return torch.cat(self.pieces, dim=1) if self.pieces else torch.zeros(3, 0, dtype=self.s.dtype)
+        return torch.cat(self.pieces, dim=1)
 
     def item(self, mark: int) -> int:
         """Place the item opened at `mark`; return how many tokens it spans (markers before the end markers)."""
@@ -212,6 +212,7 @@ class _Walk:
         return 1 + self.visual(kind, mark + 1)
 
     def audio(self, at: int) -> int:
+        """Place the audio whose placeholders start at `at`; return their count."""
         idx = self.s.audio_idx
         count = self.s.audio_count(_run_length(self.ids, at, self.tok.audio_token_id))
         _expect_run(self.ids, at, self.tok.audio_token_id, count, f"audio {idx}")
@@ -219,23 +220,23 @@ class _Walk:
         return count
 
     def visual(self, kind: str, at: int) -> int:
-        idx = self.s.image_idx if kind == "image" else self.s.video_idx
-        t, h, w = self.s.grid(kind)
+        """Place the image or video whose placeholders start at `at`; return their count."""
+        idx, t, h, w = self.s.grid(kind)
         token = self.tok.image_token_id if kind == "image" else self.tok.video_token_id
         _expect_run(self.ids, at, token, t * h * w, f"{kind} {idx}")
-        pos = _visual(self.next, self.s.patch_offsets(kind, t), h, w)
+        pos = _visual(self.next, self.s.patch_offsets(kind, idx, t), h, w)
         self.add(pos, pos.max() + 1)
         return t * h * w
 
     def audio_in_video(self, at: int) -> int:
-        idx = self.s.video_idx
-        t, h, w = self.s.grid("video")
-        video = _visual(self.next, self.s.patch_offsets("video", t), h, w)  # (3, Nv)
+        """Place the interleaved video and audio placeholders starting at `at`; return their count."""
+        idx, t, h, w = self.s.grid("video")
+        video = _visual(self.next, self.s.patch_offsets("video", idx, t), h, w)  # (3, Nv)
         body = self.ids[at:]
         in_run = (body == self.tok.audio_token_id) | (body == self.tok.video_token_id)
         run = int((~in_run).nonzero()[0]) if (~in_run).any() else len(body)
-        n_audio = self.s.audio_count(run - video.shape[1])
-        audio = _text(n_audio, self.next).to(video.dtype)  # (3, Na)
+        n_audio = self.s.audio_count(max(run - video.shape[1], 0))
+        audio = _text(n_audio, self.next)  # (3, Na)
         order = torch.sort(torch.cat([video[0], audio[0]]), stable=True).indices  # patches first on ties
         merged = torch.cat([video, audio], dim=1)[:, order]  # (3, Nv + Na)
         is_audio = order >= video.shape[1]
@@ -290,11 +291,11 @@ def omni_position_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor | No
     audio_lengths are mel frames per audio in prompt order (videos' own audio included); their token counts come
     from `num_audio_tokens` with `audio_config` (default: the Qwen3-Omni AuT)."""
     audio_config = audio_config or AudioConfig()
-    counts = None if audio_lengths is None else [int(num_audio_tokens(int(f), audio_config)) for f in audio_lengths]
+    frames = [] if audio_lengths is None else audio_lengths
+    counts = [int(num_audio_tokens(int(f), audio_config)) for f in frames]
     scheme = _Scheme(torch.float32, image_grid_thw, video_grid_thw, spatial_merge_size, video_second_per_grid,
-                     position_id_per_seconds, counts, omni=True, audio_in_video=use_audio_in_video)
-    if counts is None:
-        scheme.audio_tokens = []
+                     omni=True, per_second=position_id_per_seconds, audio_tokens=counts,
+                     audio_in_video=use_audio_in_video)
     visual = image_grid_thw is not None or video_grid_thw is not None
     return _positions(input_ids, attention_mask, token_ids, scheme, fill=0 if visual else 1)
 
@@ -304,8 +305,7 @@ def qwen35_position_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor | 
                         video_second_per_grid: Sequence[float] | torch.Tensor | None = None,
                         spatial_merge_size: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Qwen3.5-Omni TM-RoPE (160 ms ticks, contiguous items): position_ids (3, B, S) long and rope_deltas (B, 1)."""
-    scheme = _Scheme(torch.long, image_grid_thw, video_grid_thw, spatial_merge_size, video_second_per_grid,
-                     1, None, omni=False, audio_in_video=None)
+    scheme = _Scheme(torch.long, image_grid_thw, video_grid_thw, spatial_merge_size, video_second_per_grid)
     return _positions(input_ids, attention_mask, token_ids, scheme, fill=0)
 
 
