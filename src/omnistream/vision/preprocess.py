@@ -124,7 +124,7 @@ def load_image(source) -> Image.Image:
 def to_rgb(image: Image.Image) -> Image.Image:
     """The image in mode RGB, transparency composited onto white (as the reference processor does)."""
     image = _eight_bit(image)
-    if image.mode == "RGB":
+    if image.mode == "RGB" and not _has_alpha(image):
         return image
     if _has_alpha(image):  # alpha band, or a palette / grey transparency entry
         rgba = image.convert("RGBA")
@@ -150,9 +150,11 @@ def preprocess_frames(frames, patch_size: int = PATCH_SIZE, temporal_patch_size:
                       merge_size: int = MERGE_SIZE, min_pixels: int = VIDEO_MIN_PIXELS,
                       max_pixels: int = VIDEO_MAX_PIXELS, mean: Sequence[float] = IMAGE_MEAN,
                       std: Sequence[float] = IMAGE_STD) -> tuple[torch.Tensor, torch.Tensor]:
-    """Patches (N, 3*tp*p*p) float32 and grid_thw (1, 3) long of a video's frames ((T, H, W, 3) or a list of HWC uint8)."""
+    """Patches (N, 3*tp*p*p) float32 and grid_thw (1, 3) long of video frames: (T, H, W, 3) or a list of HWC uint8."""
     _check_patching(patch_size, temporal_patch_size, merge_size)
     mean, std = _check_stats(mean, std)
+    if isinstance(frames, np.ndarray) and frames.ndim != 4:
+        raise VisionInputError(f"a video array must be (frames, height, width, channels), got shape {frames.shape}")
     if len(frames) == 0:
         raise VisionInputError("a video needs at least one frame, got none")
     sizes = {tuple(_check_array(f, f"video frame {i}").shape[:2]) for i, f in enumerate(frames)}
@@ -160,22 +162,22 @@ def preprocess_frames(frames, patch_size: int = PATCH_SIZE, temporal_patch_size:
         raise VisionInputError(f"video frames must all have one size, got (height, width) sizes {sorted(sizes)}")
     (height, width), = sizes
     size = smart_resize(height, width, patch_size * merge_size, min_pixels, max_pixels)
-    resized = np.stack([_frame_at_size(f, *size) for f in frames])  # (T, H', W', 3) uint8
-    return _patchify(resized, patch_size, temporal_patch_size, merge_size, mean, std)
+    if not (isinstance(frames, np.ndarray) and frames.shape[1:] == (*size, 3)):  # else already RGB at size
+        frames = np.stack([_frame_at_size(f, *size) for f in frames])  # (T, H', W', 3) uint8
+    return _patchify(frames, patch_size, temporal_patch_size, merge_size, mean, std)
 
 
 def _patchify(frames: np.ndarray, patch_size: int, temporal_patch_size: int, merge_size: int,
               mean: np.ndarray, std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised patches in merge-block order of uint8 frames (T, H, W, 3), H and W multiples of patch * merge."""
     p, tp, m = patch_size, temporal_patch_size, merge_size
-    if pad := -frames.shape[0] % tp:  # fill the last temporal patch with copies of the last frame
-        frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
     t, height, width, channels = frames.shape
-    gt, gh, gw = t // tp, height // p, width // p
-    x = frames.reshape(gt, tp, gh // m, m, p, gw // m, m, p, channels)
-    x = x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)  # (gt, gh/m, gw/m, m, m, C, tp, p, p)
-    out = np.empty(x.shape, dtype=np.float32)
-    np.divide(x, np.float32(255), out=out, dtype=np.float32)  # equals the reference's float64 x * (1/255) cast
+    gt, gh, gw = -(-t // tp), height // p, width // p
+    out = np.empty((gt, gh // m, gw // m, m, m, channels, tp, p, p), dtype=np.float32)
+    for i in range(gt * tp):  # past the last frame, repeat it to fill the last temporal patch
+        x = frames[min(i, t - 1)].reshape(gh // m, m, p, gw // m, m, p, channels)
+        x = x.transpose(0, 3, 1, 4, 6, 2, 5)  # (gh/m, gw/m, m, m, C, p, p)
+        np.divide(x, np.float32(255), out=out[i // tp, ..., i % tp, :, :], dtype=np.float32)  # == float64 x/255 cast
     out -= mean[:, None, None, None]
     out /= std[:, None, None, None]
     pixel_values = torch.from_numpy(out.reshape(gt * gh * gw, channels * tp * p * p))  # (N, 3*tp*p*p)
@@ -194,7 +196,7 @@ def _rgb_at_size(image: Image.Image, height: int, width: int, name: str) -> Imag
 
 
 def _frame_at_size(frame: np.ndarray, height: int, width: int) -> np.ndarray:
-    """An HWC uint8 frame as RGB at (height, width); an RGB frame already that size is returned as is."""
+    """An HW / HWC uint8 frame as RGB at (height, width); an RGB frame already that size is returned as is."""
     if frame.shape == (height, width, 3):
         return frame
     return np.asarray(_rgb_at_size(_array_to_pil(frame), height, width, "video frame"))

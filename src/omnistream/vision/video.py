@@ -39,6 +39,7 @@ from .preprocess import (
 
 DEFAULT_FPS = 2.0
 DEFAULT_MAX_FRAMES = 768  # the reference video processors' max_frames
+_TEXT_FORMATS = {"tty"}  # FFmpeg demuxers that turn any text file into a "video"
 
 
 @dataclass(frozen=True)
@@ -97,14 +98,11 @@ def load_video(source, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_F
             raise VisionInputError(f"{name} lasts {duration:.2f} s, above the max_seconds={max_seconds} s limit")
         targets, rate = sample_times(duration, fps, max_frames, temporal_patch_size)
         source_rate = _rate(stream)
-        frames, times = _decode_at(container, stream, targets, source_rate, name,
+        frames, times = _decode_at(container, stream, targets, source_rate, name, temporal_patch_size,
                                    (patch_size * merge_size, min_pixels, max_pixels))
     if source_rate is not None:
         rate = min(rate, source_rate)
-    if pad := -len(frames) % temporal_patch_size:
-        frames += frames[-1:] * pad
-        times += times[-1:] * pad
-    return Video(np.stack(frames), np.asarray(times, dtype=np.float64), float(rate), float(duration))
+    return Video(frames, times, float(rate), float(duration))
 
 
 def temporal_patch_timestamps(video: Video, temporal_patch_size: int = TEMPORAL_PATCH_SIZE) -> np.ndarray:
@@ -121,11 +119,13 @@ def timestamp_text(seconds: float) -> str:
     return f"<{seconds:.1f} seconds>"
 
 
-def _decode_at(container, stream, targets: np.ndarray, source_rate, name: str, resize: tuple[int, int, int]):
-    """Frames (H, W, 3) uint8 and times for each target time: the first frame shown from half a frame before it."""
+def _decode_at(container, stream, targets: np.ndarray, source_rate, name: str, temporal_patch_size: int,
+               resize: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Frames (T, H, W, 3) uint8 and times (T,) at the targets, padded with the last to whole temporal patches."""
     tolerance = 0.5 / source_rate if source_rate else 0.0
     start = float(stream.start_time * stream.time_base) if stream.start_time is not None else None
-    frames, times, k, index, size = [], [], 0, 0, None
+    capacity = len(targets) + -len(targets) % temporal_patch_size
+    frames, times, count, k, index = None, np.zeros(capacity), 0, 0, 0
     stream.thread_type = "AUTO"
     try:
         for frame in container.decode(stream):
@@ -135,23 +135,28 @@ def _decode_at(container, stream, targets: np.ndarray, source_rate, name: str, r
             else:  # no timestamp: count frames at the average rate
                 t = index / source_rate if source_rate else float(index)
             index += 1
-            if t + tolerance < targets[k]:
+            if t + tolerance < targets[k]:  # take the first frame shown from half a frame before the target
                 continue
-            if size is None:
-                size = smart_resize(frame.height, frame.width, *resize)
+            if frames is None:  # sized by the first frame taken: never more than max_frames * max_pixels * 3 bytes
+                height, width = smart_resize(frame.height, frame.width, *resize)
+                frames = np.empty((capacity, height, width, 3), dtype=np.uint8)
             image = frame.to_image()  # PIL RGB at the source size
-            if image.size != (size[1], size[0]):
-                image = image.resize((size[1], size[0]), Image.Resampling.BICUBIC)
-            frames.append(np.asarray(image))
-            times.append(max(t, 0.0))
+            if image.size != (width, height):
+                image = image.resize((width, height), Image.Resampling.BICUBIC)
+            frames[count], times[count] = np.asarray(image), max(t, 0.0)
+            count += 1
             while k < len(targets) and targets[k] <= t + tolerance:
                 k += 1
             if k == len(targets):
                 break
     except av.FFmpegError as err:
         raise VisionInputError(f"{name} is corrupt: decoding failed after {index} frames ({err})") from err
-    if not frames:
+    if frames is None:
         raise VisionInputError(f"{name} has a video stream but no decodable frames")
+    padded = count + -count % temporal_patch_size
+    frames[count:padded], times[count:padded] = frames[count - 1], times[count - 1]
+    if padded < capacity:  # a source slower than the sampling rate: give back the unused frames
+        return frames[:padded].copy(), times[:padded].copy()
     return frames, times
 
 
@@ -184,6 +189,8 @@ def _rate(stream) -> float | None:
 
 def _video_stream(container, name: str):
     """The first video stream that is not a still (cover art) picture."""
+    if container.format.name in _TEXT_FORMATS:
+        raise VisionInputError(f"{name} is a text file, not a video (FFmpeg would render it as ANSI art)")
     for stream in container.streams.video:
         if not stream.disposition & av.stream.Disposition.attached_pic:
             return stream
