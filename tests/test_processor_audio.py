@@ -24,7 +24,9 @@ def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("omni")
     build_tokenizer(path, 320)
     tok = Tokenizer(path)
-    ids = {"audio_token_id": tok.token_to_id(AUDIO_PAD), "audio_start_token_id": tok.token_to_id("<|audio_start|>")}
+    ids = {"audio_token_id": tok.token_to_id(AUDIO_PAD), "audio_start_token_id": tok.token_to_id("<|audio_start|>"),
+           "image_token_id": tok.token_to_id("<think>"), "video_token_id": tok.token_to_id("</think>"),
+           "vision_start_token_id": tok.token_to_id("<|endoftext|>")}  # ids no prompt here contains
     hf = hf_thinker(tiny_omni(vocab_size=320), seed=11, token_ids=ids)
     hf.save_pretrained(path)
     wav = path / "speech.wav"

@@ -6,7 +6,7 @@ import torch
 from omnistream.config import AudioConfig, TextConfig, VisionConfig, tiny_omni
 from omnistream.engine import generate
 from omnistream.thinker import InputError, Thinker
-from omnistream.weights import convert_thinker_state_dict, load_state_into
+from omnistream.weights import convert_thinker_state_dict, load_omni_thinker, load_state_into
 from reference import hf_thinker
 
 TOL = 1e-4
@@ -88,3 +88,15 @@ def test_missing_pixels_are_explained(pair):
         ours(inputs["input_ids"])
     with pytest.raises(InputError, match="image encodes to 8 tokens but the prompt has 4"):
         ours(inputs["input_ids"], pixel_values=torch.randn(8, PATCH), image_grid_thw=torch.tensor([[2, 2, 2]]))
+
+
+def test_loads_audio_and_vision_towers_from_a_save_pretrained_directory(pair, tmp_path):
+    hf, _ = pair
+    hf.save_pretrained(tmp_path)
+    loaded = load_omni_thinker(tmp_path)
+    assert loaded.visual is not None and loaded.audio_tower is not None
+    inputs = prompt(hf, [(1, 4, 2)], seed=4)
+    with torch.no_grad():
+        ref = hf(**inputs, attention_mask=torch.ones_like(inputs["input_ids"])).logits
+        got, _ = loaded(**inputs, position_ids=reference_positions(hf, inputs))
+    assert (got - ref).abs().max().item() < TOL

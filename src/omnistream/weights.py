@@ -13,7 +13,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .audio.encoder import AudioEncoder, sinusoids
-from .config import AudioConfig, ConfigError, TextConfig
+from .config import AudioConfig, ConfigError, TextConfig, VisionConfig
 from .modules.rope import MultimodalRotary
 from .thinker import Thinker, ThinkerLM
 
@@ -226,15 +226,17 @@ def load_thinker(path: str | Path, dtype: torch.dtype = torch.float32, device="c
 
 
 def load_omni_thinker(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu") -> Thinker:
-    """Load a Qwen3-Omni Thinker with its audio encoder from a checkpoint directory."""
+    """Load a Qwen3-Omni Thinker with its audio and vision encoders (those its config.json describes)."""
     config, raw, state, towers, _ = _read(path, dtype, with_towers=True)
-    thinker_cfg = raw.get("thinker_config", raw)
-    if "audio_config" not in thinker_cfg:
-        raise ConfigError(f"{path}/config.json has no audio_config: not an omni thinker checkpoint")
-    audio_cfg = AudioConfig.from_hf(thinker_cfg)
-    token = thinker_cfg.get("audio_token_id")
-    model = _empty(lambda: Thinker(config, audio_cfg, token), dtype, device)
-    full = {"lm." + k: v for k, v in state.items()} | {k: v for k, v in towers.items() if k.startswith("audio")}
+    cfg = raw.get("thinker_config", raw)
+    if "audio_config" not in cfg and "vision_config" not in cfg:
+        raise ConfigError(f"{path}/config.json has neither audio_config nor vision_config: not an omni thinker")
+    audio = AudioConfig.from_hf(cfg) if "audio_config" in cfg else None
+    vision = VisionConfig.from_hf(cfg) if "vision_config" in cfg else None
+    model = _empty(lambda: Thinker(config, audio, cfg.get("audio_token_id"), vision, cfg.get("image_token_id"),
+                                   cfg.get("video_token_id")), dtype, device)
+    keep = tuple(name for name, c in (("audio_tower.", audio), ("visual.", vision)) if c is not None)
+    full = {"lm." + k: v for k, v in state.items()} | {k: v for k, v in towers.items() if k.startswith(keep)}
     load_state_into(model, full, str(path))
     return model
 
