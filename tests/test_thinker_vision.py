@@ -100,3 +100,31 @@ def test_loads_audio_and_vision_towers_from_a_save_pretrained_directory(pair, tm
         ref = hf(**inputs, attention_mask=torch.ones_like(inputs["input_ids"])).logits
         got, _ = loaded(**inputs, position_ids=reference_positions(hf, inputs))
     assert (got - ref).abs().max().item() < TOL
+
+
+def test_audio_in_video_matches(pair):
+    hf, ours = pair
+    c = hf.config
+    g = torch.Generator().manual_seed(21)
+    grid, frames = (3, 2, 2), 300  # 3 temporal patches of 4 tokens 1 s apart; 3 s of audio = 39 tokens
+    keys = [k * 13 for k in range(grid[0]) for _ in range(grid[1] * grid[2])]  # video time keys, 13 per second
+    n_audio = ours.audio_tower.token_counts(torch.tensor([frames])).item()
+    body, v, a = [], 0, 0
+    while v < len(keys) or a < n_audio:  # the processor's interleave: by time key, video first on ties
+        take_video = v < len(keys) and (a >= n_audio or keys[v] <= a)
+        body.append(c.video_token_id if take_video else c.audio_token_id)
+        v, a = v + take_video, a + (not take_video)
+    ids = torch.cat([torch.randint(0, 200, (3,), generator=g),
+                     torch.tensor([c.vision_start_token_id, c.audio_start_token_id] + body + [8, 7]),
+                     torch.randint(0, 200, (2,), generator=g)])[None]
+    inputs = {"input_ids": ids, "pixel_values_videos": torch.randn(12, PATCH, generator=g),
+              "video_grid_thw": torch.tensor([grid]), "audio_features": torch.randn(1, 20, frames, generator=g)}
+    spg = torch.ones(1)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, pixel_values_videos=inputs["pixel_values_videos"], video_grid_thw=inputs["video_grid_thw"],
+                 input_features=inputs["audio_features"], feature_attention_mask=torch.ones(1, frames, dtype=torch.long),
+                 attention_mask=torch.ones_like(ids), use_audio_in_video=True, video_second_per_grid=spg).logits
+        pos, _ = hf.get_rope_index(ids, None, inputs["video_grid_thw"], torch.ones_like(ids), True,
+                                   torch.tensor([frames]), spg)
+        got, _ = ours(**inputs, audio_lengths=[frames], position_ids=pos)
+    assert (got - ref).abs().max().item() < TOL
