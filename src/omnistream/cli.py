@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -12,7 +14,9 @@ from .config import ConfigError
 from .engine import SamplingParams, stream
 from .audio.features import AudioError
 from .processor import Processor, StreamDecoder, Tokenizer, TokenizerError
+from .positions import PositionError
 from .thinker import InputError
+from .vision.preprocess import VisionInputError
 from .weights import CheckpointError, load_omni_thinker, load_thinker
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -31,6 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--audio", action="append", default=[], metavar="FILE",
                      help="an audio file (wav, flac, ogg, mp3, or a video's audio track) placed before the prompt; "
                           "repeatable; needs a Qwen3-Omni thinker checkpoint with its audio encoder")
+    gen.add_argument("--image", action="append", default=[], metavar="FILE",
+                     help="an image file placed before the prompt (after any audio); repeatable; needs a Qwen3-Omni "
+                          "thinker checkpoint with its vision encoder")
+    gen.add_argument("--video", action="append", default=[], metavar="FILE",
+                     help="a video file placed before the prompt (after any images); repeatable; needs the vision "
+                          "encoder")
+    gen.add_argument("--use-audio-in-video", action="store_true",
+                     help="also feed each --video's sound track, interleaved with its frames by time "
+                          "(needs the audio encoder too)")
     gen.add_argument("--max-new-tokens", type=int, default=256, metavar="N")
     gen.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 picks greedily (default)")
     gen.add_argument("--top-k", type=int, default=0, metavar="K", help="0 keeps every token (default)")
@@ -50,8 +63,16 @@ def _messages(args: argparse.Namespace) -> list[dict]:
     """The chat: an optional system message, then the user's audio files (in order) and prompt text."""
     messages = [{"role": "system", "content": args.system}] if args.system else []
     parts = [{"type": "audio", "audio": path} for path in args.audio]
+    parts += [{"type": "image", "image": path} for path in args.image]
+    parts += [{"type": "video", "video": path, "use_audio_in_video": args.use_audio_in_video} for path in args.video]
     messages.append({"role": "user", "content": parts + [{"type": "text", "text": args.prompt}]})
     return messages
+
+
+def _position_id_per_seconds(checkpoint: str) -> float:
+    """The thinker's position_id_per_seconds from config.json (13, the Qwen3-Omni release value, when absent)."""
+    raw = json.loads((Path(checkpoint) / "config.json").read_text())
+    return float(raw.get("thinker_config", raw).get("position_id_per_seconds", 13))
 
 
 def run_generate(args: argparse.Namespace) -> None:
@@ -59,21 +80,43 @@ def run_generate(args: argparse.Namespace) -> None:
     sampling = SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.seed)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: CUDA is not available on this machine")
-    if args.raw and args.audio:
-        raise InputError("--raw feeds text only; it cannot be combined with --audio")
+    media = args.audio or args.image or args.video
+    if args.raw and media:
+        raise InputError("--raw feeds text only; it cannot be combined with --audio, --image or --video")
+    if args.use_audio_in_video and not args.video:
+        raise InputError("--use-audio-in-video needs at least one --video")
     if not args.prompt.strip():
         raise InputError("--prompt is empty")
     tokenizer = Tokenizer(args.checkpoint)
-    embeds = deepstack = None
-    if args.audio:
+    embeds = deepstack = positions = None
+    if media:
         thinker = load_omni_thinker(args.checkpoint, DTYPES[args.dtype], args.device)
+        if (args.image or args.video) and thinker.visual is None:
+            raise InputError(f"{args.checkpoint} has no vision encoder (vision_config), so --image and --video "
+                             f"cannot be used")
+        if (args.audio or args.use_audio_in_video) and thinker.audio_tower is None:
+            raise InputError(f"{args.checkpoint} has no audio encoder (audio_config), so --audio and "
+                             f"--use-audio-in-video cannot be used")
         model = thinker.lm
         start = time.perf_counter()
-        prompt = Processor(tokenizer, thinker.audio_tower.config)(_messages(args))
+        audio_cfg = None if thinker.audio_tower is None else thinker.audio_tower.config
+        vision_cfg = None if thinker.visual is None else thinker.visual.config
+        prompt = Processor(tokenizer, audio_cfg, vision_config=vision_cfg,
+                           position_id_per_seconds=_position_id_per_seconds(args.checkpoint))(_messages(args))
         input_ids = prompt.input_ids.to(model.device)  # (1, S)
+
+        def to_model(x):
+            return None if x is None else x.to(model.device, model.dtype)
+
+        def to_device(x):
+            return None if x is None else x.to(model.device)
+
         with torch.no_grad():
-            embeds, deepstack = thinker.embed(input_ids, prompt.audio_features.to(model.device, model.dtype),
-                                              prompt.audio_lengths)  # (1, S, H)
+            embeds, deepstack = thinker.embed(input_ids, to_model(prompt.audio_features), prompt.audio_lengths,
+                                              to_model(prompt.pixel_values), to_device(prompt.image_grid_thw),
+                                              to_model(prompt.pixel_values_videos),
+                                              to_device(prompt.video_grid_thw))  # (1, S, H)
+        positions = to_device(prompt.position_ids)
     else:
         model, _ = load_thinker(args.checkpoint, DTYPES[args.dtype], args.device)
         start = time.perf_counter()
@@ -86,7 +129,7 @@ def run_generate(args: argparse.Namespace) -> None:
     first = None
     n = 0
     for token in stream(model, input_ids, max_new_tokens=args.max_new_tokens, sampling=sampling, stop_tokens=stops,
-                        inputs_embeds=embeds, deepstack=deepstack):
+                        inputs_embeds=embeds, deepstack=deepstack, position_ids=positions):
         n += 1
         if first is None:
             first = time.perf_counter()
@@ -105,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ConfigError, CheckpointError, InputError, TokenizerError, AudioError) as e:
+    except (ConfigError, CheckpointError, InputError, TokenizerError, AudioError, VisionInputError,
+            PositionError) as e:
         print(f"omnistream: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     return 0

@@ -12,10 +12,24 @@ import torch
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as _HFTokenizer
 
+import numpy as np
+
 from .audio.encoder import num_audio_tokens
 from .audio.features import log_mel
 from .audio.io import load_audio
-from .config import AudioConfig
+from .config import AudioConfig, VisionConfig
+from .positions import TokenIds, omni_position_ids
+from .vision.encoder import num_vision_tokens
+from .vision.preprocess import (
+    IMAGE_MAX_PIXELS,
+    IMAGE_MIN_PIXELS,
+    VIDEO_MAX_PIXELS,
+    VIDEO_MIN_PIXELS,
+    VisionInputError,
+    preprocess_frames,
+    preprocess_image,
+)
+from .vision.video import DEFAULT_MAX_FRAMES, load_video
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -25,6 +39,10 @@ THINK_CLOSE = "</think>"
 AUDIO_START = "<|audio_start|>"
 AUDIO_PAD = "<|audio_pad|>"
 AUDIO_END = "<|audio_end|>"
+VISION_START = "<|vision_start|>"
+VISION_END = "<|vision_end|>"
+IMAGE_PAD = "<|image_pad|>"
+VIDEO_PAD = "<|video_pad|>"
 ROLES = ("system", "user", "assistant")
 
 
@@ -125,8 +143,41 @@ class Tokenizer:
         return self.encode(chat_template(messages, add_generation_prompt, enable_thinking))
 
 
+@dataclass(frozen=True)
+class Media:
+    """One media part of a chat, in prompt order: kind ('audio', 'image' or 'video'), its source, its options."""
+
+    kind: str
+    source: object
+    options: Mapping = field(default_factory=dict)
+
+    @property
+    def use_audio_in_video(self) -> bool:
+        return self.kind == "video" and bool(self.options.get("use_audio_in_video", False))
+
+
+MEDIA_KINDS = ("audio", "image", "video")
+VIDEO_OPTIONS = ("use_audio_in_video",)
+
+
+def _media_text(index: int, kind: str, part: Mapping, media: list) -> str:
+    """The placeholder text of one audio, image or video part; its record is appended to `media`."""
+    if part.get(kind) is None:
+        raise TokenizerError(f"message {index}: {kind} part has no {kind!r} field (a path, bytes or array)")
+    options = {k: part[k] for k in VIDEO_OPTIONS if kind == "video" and k in part}
+    item = Media(kind, part[kind], options)
+    media.append(item)
+    if kind == "audio":
+        return AUDIO_START + AUDIO_PAD + AUDIO_END
+    if kind == "image":
+        return VISION_START + IMAGE_PAD + VISION_END
+    if item.use_audio_in_video:  # the processor replaces the pad with the video and audio tokens interleaved
+        return VISION_START + AUDIO_START + VIDEO_PAD + AUDIO_END + VISION_END
+    return VISION_START + VIDEO_PAD + VISION_END
+
+
 def _message_text(index: int, message: Mapping, media: list | None = None) -> str:
-    """The text of one message: a string, or a list of parts; audio parts become placeholders, sources -> media."""
+    """The text of one message: a string, or a list of parts; media parts become placeholders, records -> media."""
     content = message.get("content")
     if isinstance(content, str):
         return content
@@ -134,14 +185,11 @@ def _message_text(index: int, message: Mapping, media: list | None = None) -> st
         texts = []
         for part in content:
             kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
-            if kind == "audio" and media is not None:
-                if part.get("audio") is None:
-                    raise TokenizerError(f"message {index}: audio part has no 'audio' field (a path, bytes or array)")
-                media.append(part["audio"])
-                texts.append(AUDIO_START + AUDIO_PAD + AUDIO_END)
+            if kind in MEDIA_KINDS and media is not None:
+                texts.append(_media_text(index, kind, part, media))
                 continue
             if kind != "text":
-                supported = "text and audio" if media is not None else "text"
+                supported = "text, audio, image and video" if media is not None else "text"
                 raise TokenizerError(f"message {index}: content part of type {kind!r} is not supported "
                                      f"(only {supported} parts are)")
             if not isinstance(part.get("text"), str):
@@ -160,9 +208,13 @@ def chat_template(messages: Sequence[Mapping], add_generation_prompt: bool = Tru
     `<|im_start|>assistant\\n`. enable_thinking picks the Qwen3.5 thinking switch after that opener:
     None adds nothing (Qwen3-Omni and Qwen3 templates: the model decides), False adds an empty
     `<think>\\n\\n</think>\\n\\n` block (non-thinking reply), True adds `<think>\\n` (the reply starts inside
-    its reasoning, as Qwen3.5's template does by default). When a `media` list is given, audio parts
-    ({"type": "audio", "audio": source}) render as `<|audio_start|><|audio_pad|><|audio_end|>` and their
-    sources are appended to it in order.
+    its reasoning, as Qwen3.5's template does by default). When a `media` list is given, media parts render
+    as placeholders and a `Media` record of each is appended to it in order: {"type": "audio", "audio": src} as
+    `<|audio_start|><|audio_pad|><|audio_end|>`, {"type": "image", "image": src} as
+    `<|vision_start|><|image_pad|><|vision_end|>`, {"type": "video", "video": src} as
+    `<|vision_start|><|video_pad|><|vision_end|>`, and a video with `"use_audio_in_video": True` as
+    `<|vision_start|><|audio_start|><|video_pad|><|audio_end|><|vision_end|>` (the processor replaces that pad
+    with the video's and its sound track's tokens interleaved by time).
     """
     if not messages:
         raise TokenizerError("empty chat: messages is an empty list")
@@ -222,11 +274,24 @@ class StreamDecoder:
 
 @dataclass
 class PromptInputs:
-    """Model inputs of one chat prompt: token ids (1, S), the log-mel of its audios and their frame counts."""
+    """Model inputs of one chat prompt: token ids (1, S) with placeholders expanded, and what fills them.
+
+    audio_features (A, mels, T) / audio_lengths: the log-mel of every audio in prompt order (a video's sound
+    track included when it is used); pixel_values / image_grid_thw and pixel_values_videos / video_grid_thw:
+    the patches (N, patch_dim) and grids (n, 3) of the images and videos; video_second_per_grid: seconds per
+    temporal patch of each video; position_ids (3, 1, S): Qwen3-Omni TM-RoPE positions of a prompt with an image
+    or video (None for text and audio, whose positions are sequential)."""
 
     input_ids: torch.Tensor
     audio_features: torch.Tensor | None = None
     audio_lengths: list[int] = field(default_factory=list)
+    pixel_values: torch.Tensor | None = None
+    image_grid_thw: torch.Tensor | None = None
+    pixel_values_videos: torch.Tensor | None = None
+    video_grid_thw: torch.Tensor | None = None
+    video_second_per_grid: list[float] = field(default_factory=list)
+    use_audio_in_video: bool = False
+    position_ids: torch.Tensor | None = None
 
 
 def timestamp_text(seconds: float) -> str:
@@ -235,7 +300,12 @@ def timestamp_text(seconds: float) -> str:
 
 
 class Processor:
-    """Chat messages with audio parts -> PromptInputs: template, audio decoding, log-mel, placeholder expansion.
+    """Chat messages with audio, image and video parts -> PromptInputs: template, decoding, features, placeholders.
+
+    Audio becomes log-mel features; images (`preprocess_image`) and videos (`load_video` at `video_fps`, then
+    `preprocess_frames`) become patches sized by `vision_config`. Each placeholder is expanded to its encoder's
+    token count; a video with `use_audio_in_video` also decodes its sound track and interleaves video and audio
+    tokens by time as the Qwen3-Omni processor does. `max_tokens`, when given, refuses longer expanded prompts.
 
     Timestamps let the model tell time in long audio: the text `<t seconds>` is written between the audio tokens
     at t = every, 2*every, ... with `timestamp_every`, or (for training) at random chunk boundaries with gaps drawn
@@ -243,7 +313,12 @@ class Processor:
 
     def __init__(self, tokenizer: Tokenizer, audio_config: AudioConfig | None = None,
                  max_audio_seconds: float = 3600.0, timestamp_every: float | None = None,
-                 timestamp_random_gap: tuple[float, float] | None = None, rng: random.Random | None = None):
+                 timestamp_random_gap: tuple[float, float] | None = None, rng: random.Random | None = None,
+                 vision_config: VisionConfig | None = None, video_fps: float = 2.0,
+                 video_max_frames: int = DEFAULT_MAX_FRAMES, image_pixels: tuple[int, int] = (IMAGE_MIN_PIXELS,
+                                                                                            IMAGE_MAX_PIXELS),
+                 video_pixels: tuple[int, int] = (VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS),
+                 position_id_per_seconds: float = 13, max_tokens: int | None = None):
         self.tokenizer = tokenizer
         self.audio_config = audio_config
         self.max_audio_seconds = max_audio_seconds
@@ -255,6 +330,27 @@ class Processor:
                 self.gap = tuple(self._chunks("timestamp_random_gap", g) for g in timestamp_random_gap)
         self.rng = rng or random.Random(0)
         self.audio_pad_id = tokenizer.token_to_id(AUDIO_PAD)
+        self.vision_config = vision_config
+        self.video_fps = video_fps
+        self.video_max_frames = video_max_frames
+        self.image_pixels = tuple(image_pixels)
+        self.video_pixels = tuple(video_pixels)
+        self.position_id_per_seconds = position_id_per_seconds
+        self.max_tokens = max_tokens
+        self.pad_ids = {"audio": self.audio_pad_id, "image": tokenizer.token_to_id(IMAGE_PAD),
+                        "video": tokenizer.token_to_id(VIDEO_PAD)}
+
+    @property
+    def token_ids(self) -> TokenIds:
+        """The placeholder and start-marker ids of this tokenizer (-1 for those it lacks)."""
+        get = self.tokenizer.token_to_id
+
+        def tid(token: str) -> int:
+            found = get(token)
+            return -1 if found is None else found
+
+        return TokenIds(audio_token_id=tid(AUDIO_PAD), image_token_id=tid(IMAGE_PAD), video_token_id=tid(VIDEO_PAD),
+                        vision_start_token_id=tid(VISION_START), audio_start_token_id=tid(AUDIO_START))
 
     def _chunks(self, name: str, seconds: float) -> int:
         """`seconds` as a whole number (>= 1) of encoder chunks, or a TokenizerError."""
@@ -266,25 +362,138 @@ class Processor:
 
     def __call__(self, messages: Sequence[Mapping], add_generation_prompt: bool = True,
                  enable_thinking: bool | None = None) -> PromptInputs:
-        media: list = []
+        media: list[Media] = []
         text = chat_template(messages, add_generation_prompt, enable_thinking, media)
         ids = self.tokenizer.encode(text)
         if not media:
+            self._check_length(len(ids))
             return PromptInputs(torch.tensor([ids], dtype=torch.long))
-        if self.audio_config is None or self.audio_pad_id is None:
+        self._check_supported(media, ids)
+        waves, images, videos, seconds = [], [], [], []
+        for item in media:
+            if item.kind == "audio":
+                waves.append(load_audio(item.source, max_seconds=self.max_audio_seconds))
+            elif item.kind == "image":
+                images.append(self._image(item.source))
+            else:
+                patches, grid, spg = self._video(item.source)
+                videos.append((patches, grid))
+                seconds.append(spg)
+                if item.use_audio_in_video:
+                    waves.append(self._video_audio(item.source))
+        features, lengths = None, []
+        if waves:
+            features, mask = log_mel(waves, n_mels=self.audio_config.num_mel_bins)  # (A, mels, T), (A, T)
+            lengths = [int(n) for n in mask.sum(-1)]  # the reference counts frames from the batch mask
+        merge = self.vision_config.spatial_merge_size if self.vision_config is not None else 1
+        expanded, counts = [], {"audio": 0, "image": 0, "video": 0}
+        audio_k = 0
+        pad_kind = {tid: kind for kind, tid in self.pad_ids.items() if tid is not None}
+        for tid in ids:
+            kind = pad_kind.get(tid)
+            if kind is None:
+                expanded.append(tid)
+                continue
+            item = [m for m in media if m.kind == kind][counts[kind]]
+            n = counts[kind]
+            counts[kind] += 1
+            if kind == "audio":
+                expanded += self.audio_tokens(lengths[audio_k])
+                audio_k += 1
+            elif kind == "image":
+                expanded += [tid] * int(num_vision_tokens(images[n][1], merge)[0])
+            elif item.use_audio_in_video:
+                expanded += self.video_with_audio_tokens(videos[n][1], seconds[n], lengths[audio_k])
+                audio_k += 1
+            else:
+                expanded += [tid] * int(num_vision_tokens(videos[n][1], merge)[0])
+        self._check_length(len(expanded))
+        input_ids = torch.tensor([expanded], dtype=torch.long)
+        out = PromptInputs(input_ids, features, lengths, video_second_per_grid=seconds,
+                           use_audio_in_video=any(m.use_audio_in_video for m in media))
+        if images:
+            out.pixel_values = torch.cat([p for p, _ in images])
+            out.image_grid_thw = torch.cat([g for _, g in images])
+        if videos:
+            out.pixel_values_videos = torch.cat([p for p, _ in videos])
+            out.video_grid_thw = torch.cat([g for _, g in videos])
+        if not (images or videos):
+            return out  # text and audio: sequential positions (timestamp text inside audio included)
+        out.position_ids, _ = omni_position_ids(
+            input_ids, None, self.token_ids, image_grid_thw=out.image_grid_thw, video_grid_thw=out.video_grid_thw,
+            audio_lengths=lengths, video_second_per_grid=seconds or None, use_audio_in_video=out.use_audio_in_video,
+            spatial_merge_size=merge, position_id_per_seconds=self.position_id_per_seconds,
+            audio_config=self.audio_config)
+        return out
+
+    def _check_length(self, n: int) -> None:
+        """Refuse a prompt of `n` tokens above `max_tokens`."""
+        if self.max_tokens is not None and n > self.max_tokens:
+            raise TokenizerError(f"the prompt is {n} tokens after expanding its media placeholders, "
+                                 f"above the limit of {self.max_tokens} tokens")
+
+    def _check_supported(self, media: list[Media], ids: list[int]) -> None:
+        """Raise unless this processor can encode every media kind used and the placeholders match the parts."""
+        kinds = {m.kind for m in media}
+        needs_audio = "audio" in kinds or any(m.use_audio_in_video for m in media)
+        if needs_audio and (self.audio_config is None or self.audio_pad_id is None):
             raise TokenizerError("this checkpoint has no audio encoder or no <|audio_pad|> token, "
                                  "so messages cannot contain audio")
-        waves = [load_audio(src, max_seconds=self.max_audio_seconds) for src in media]
-        features, mask = log_mel(waves, n_mels=self.audio_config.num_mel_bins)  # (A, mels, T), (A, T)
-        lengths = [int(n) for n in mask.sum(-1)]  # the reference counts frames from the batch mask
-        expanded, k = [], 0
-        for tid in ids:
-            if tid == self.audio_pad_id:
-                expanded += self.audio_tokens(lengths[k])
-                k += 1
+        for kind, pad in (("image", IMAGE_PAD), ("video", VIDEO_PAD)):
+            if kind in kinds and (self.vision_config is None or self.pad_ids[kind] is None
+                                  or self.tokenizer.token_to_id(VISION_START) is None):
+                raise TokenizerError(f"this checkpoint has no vision encoder or no {VISION_START}/{pad} token, "
+                                     f"so messages cannot contain {kind}s")
+        videos = [m for m in media if m.kind == "video"]
+        if len({m.use_audio_in_video for m in videos}) > 1:
+            raise TokenizerError("use_audio_in_video must be the same for every video of a prompt")
+        for kind in kinds:
+            found = ids.count(self.pad_ids[kind])
+            given = sum(m.kind == kind for m in media)
+            if found != given:
+                raise TokenizerError(f"the prompt holds {found} {kind} placeholder tokens for {given} {kind} parts; "
+                                     f"message text must not contain {self.tokenizer.decode([self.pad_ids[kind]], False)}")
+
+    def _image(self, source) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.vision_config
+        return preprocess_image(source, c.patch_size, c.temporal_patch_size, c.spatial_merge_size, *self.image_pixels)
+
+    def _video(self, source) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Patches, grid and seconds per temporal patch (temporal_patch_size / the rate actually sampled)."""
+        c = self.vision_config
+        video = load_video(source, self.video_fps, self.video_max_frames, None, *self.video_pixels,
+                           temporal_patch_size=c.temporal_patch_size, patch_size=c.patch_size,
+                           merge_size=c.spatial_merge_size)
+        patches, grid = preprocess_frames(video.frames, c.patch_size, c.temporal_patch_size, c.spatial_merge_size,
+                                          *self.video_pixels)
+        return patches, grid, c.temporal_patch_size / video.fps
+
+    def _video_audio(self, source) -> np.ndarray:
+        """The sound track of a video used with use_audio_in_video."""
+        if not isinstance(source, (str, bytes, bytearray)) and not hasattr(source, "__fspath__"):
+            raise VisionInputError("use_audio_in_video needs the video as a file path or bytes")
+        return load_audio(source, max_seconds=self.max_audio_seconds)
+
+    def video_with_audio_tokens(self, grid: torch.Tensor, second_per_grid: float, frames: int) -> list[int]:
+        """Video and audio placeholders interleaved by time (Qwen3-Omni's replace_video_with_audio_token).
+
+        Video tokens of temporal patch t have key t * second_per_grid * position_id_per_seconds, audio token j has
+        key j; tokens go in increasing key, a video token first on ties, leftovers at the end."""
+        t, h, w = (int(v) for v in grid.reshape(-1))
+        merge = self.vision_config.spatial_merge_size
+        per_patch = (h // merge) * (w // merge)
+        video_keys = np.repeat(np.arange(t), per_patch) * second_per_grid * self.position_id_per_seconds
+        n_audio = int(num_audio_tokens(frames, self.audio_config))
+        video_id, audio_id = self.pad_ids["video"], self.audio_pad_id
+        out, v, a = [], 0, 0
+        while v < len(video_keys) and a < n_audio:
+            if video_keys[v] <= a:
+                out.append(video_id)
+                v += 1
             else:
-                expanded.append(tid)
-        return PromptInputs(torch.tensor([expanded], dtype=torch.long), features, lengths)
+                out.append(audio_id)
+                a += 1
+        return out + [video_id] * (len(video_keys) - v) + [audio_id] * (n_audio - a)
 
     def timestamp_frames(self, frames: int) -> list[int]:
         """Mel-frame offsets inside an audio of `frames` frames where a timestamp is written."""
