@@ -145,3 +145,30 @@ def test_generate_with_image_matches_transformers(checkpoint, capsys):
     assert cli.main(["generate", "--checkpoint", str(path), "--image", str(image), "--prompt", "Hi",
                      "--max-new-tokens", "10"]) == 0
     assert capsys.readouterr().out == want + "\n"
+
+
+def test_qwen35_layout_writes_a_timestamp_before_each_temporal_patch(checkpoint):
+    path, hf, tok, image, video = checkpoint
+    proc = processor(hf, tok, layout="qwen3.5-omni")
+    prompt = proc(user({"type": "image", "image": str(image)}, {"type": "video", "video": str(video)}))
+    ids = prompt.input_ids[0].tolist()
+    t = int(prompt.video_grid_thw[0, 0])
+    per_patch = int(num_vision_tokens(prompt.video_grid_thw, 1)[0]) // t
+    text = tok.decode(ids, skip_special_tokens=False)
+    stamps = [f"<{k + 0.25:.1f} seconds>" for k in range(t)]  # 2 fps: a patch of frames at k and k + 0.5 s
+    assert t == 2 and all(s in text for s in stamps)
+    patch_text = "<|vision_start|>" + "<|video_pad|>" * per_patch + "<|vision_end|>"
+    assert text.count(patch_text) == t  # every temporal patch stands alone behind its timestamp
+    assert ids.count(tok.token_to_id(VIDEO_PAD)) == t * per_patch
+    pos = prompt.position_ids[0, 0].tolist()
+    assert all(b >= a for a, b in zip(pos, pos[1:]))  # the temporal row never goes back
+    thinker = load_omni_thinker(path)
+    with torch.no_grad():
+        logits, _ = thinker(prompt.input_ids, pixel_values=prompt.pixel_values, image_grid_thw=prompt.image_grid_thw,
+                            pixel_values_videos=prompt.pixel_values_videos, video_grid_thw=prompt.video_grid_thw,
+                            position_ids=prompt.position_ids)
+    assert torch.isfinite(logits).all() and logits.shape[1] == len(ids)
+    with pytest.raises(TokenizerError, match="not supported in the qwen3.5-omni layout"):
+        proc(user({"type": "video", "video": str(video), "use_audio_in_video": True}))
+    with pytest.raises(TokenizerError, match="unknown prompt layout"):
+        processor(hf, tok, layout="qwen4")

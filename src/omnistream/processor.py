@@ -18,7 +18,7 @@ from .audio.encoder import num_audio_tokens
 from .audio.features import log_mel
 from .audio.io import load_audio
 from .config import AudioConfig, VisionConfig
-from .positions import TokenIds, omni_position_ids
+from .positions import TokenIds, omni_position_ids, qwen35_position_ids
 from .vision.encoder import num_vision_tokens
 from .vision.preprocess import (
     IMAGE_MAX_PIXELS,
@@ -29,7 +29,7 @@ from .vision.preprocess import (
     preprocess_frames,
     preprocess_image,
 )
-from .vision.video import DEFAULT_MAX_FRAMES, load_video
+from .vision.video import DEFAULT_MAX_FRAMES, load_video, temporal_patch_timestamps, timestamp_text
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -158,6 +158,8 @@ class Media:
 
 MEDIA_KINDS = ("audio", "image", "video")
 VIDEO_OPTIONS = ("use_audio_in_video",)
+QWEN3_OMNI = "qwen3-omni"  # video: one run of pads; TM-RoPE time in position ids only
+QWEN35_OMNI = "qwen3.5-omni"  # video: a timestamp text before each temporal patch; 160 ms position clock
 
 
 def _media_text(index: int, kind: str, part: Mapping, media: list) -> str:
@@ -294,11 +296,6 @@ class PromptInputs:
     position_ids: torch.Tensor | None = None
 
 
-def timestamp_text(seconds: float) -> str:
-    """The timestamp written into long audio, e.g. `<12.8 seconds>`."""
-    return f"<{seconds:.1f} seconds>"
-
-
 class Processor:
     """Chat messages with audio, image and video parts -> PromptInputs: template, decoding, features, placeholders.
 
@@ -318,7 +315,7 @@ class Processor:
                  video_max_frames: int = DEFAULT_MAX_FRAMES, image_pixels: tuple[int, int] = (IMAGE_MIN_PIXELS,
                                                                                             IMAGE_MAX_PIXELS),
                  video_pixels: tuple[int, int] = (VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS),
-                 position_id_per_seconds: float = 13, max_tokens: int | None = None):
+                 position_id_per_seconds: float = 13, max_tokens: int | None = None, layout: str = QWEN3_OMNI):
         self.tokenizer = tokenizer
         self.audio_config = audio_config
         self.max_audio_seconds = max_audio_seconds
@@ -337,6 +334,9 @@ class Processor:
         self.video_pixels = tuple(video_pixels)
         self.position_id_per_seconds = position_id_per_seconds
         self.max_tokens = max_tokens
+        if layout not in (QWEN3_OMNI, QWEN35_OMNI):
+            raise TokenizerError(f"unknown prompt layout {layout!r}; expected {QWEN3_OMNI!r} or {QWEN35_OMNI!r}")
+        self.layout = layout
         self.pad_ids = {"audio": self.audio_pad_id, "image": tokenizer.token_to_id(IMAGE_PAD),
                         "video": tokenizer.token_to_id(VIDEO_PAD)}
 
@@ -371,13 +371,16 @@ class Processor:
         self._check_supported(media, ids)
         waves, images, videos, seconds = [], [], [], []
         for item in media:
+            if item.use_audio_in_video and self.layout == QWEN35_OMNI:
+                raise TokenizerError("use_audio_in_video is not supported in the qwen3.5-omni layout yet; "
+                                     "give the video's audio as its own audio part")
             if item.kind == "audio":
                 waves.append(load_audio(item.source, max_seconds=self.max_audio_seconds))
             elif item.kind == "image":
                 images.append(self._image(item.source))
             else:
-                patches, grid, spg = self._video(item.source)
-                videos.append((patches, grid))
+                patches, grid, spg, times = self._video(item.source)
+                videos.append((patches, grid, times))
                 seconds.append(spg)
                 if item.use_audio_in_video:
                     waves.append(self._video_audio(item.source))
@@ -405,6 +408,9 @@ class Processor:
             elif item.use_audio_in_video:
                 expanded += self.video_with_audio_tokens(videos[n][1], seconds[n], lengths[audio_k])
                 audio_k += 1
+            elif self.layout == QWEN35_OMNI:
+                expanded.pop()  # this layout's <|vision_start|> goes after each patch's timestamp
+                expanded += self.timestamped_video_tokens(videos[n][1], videos[n][2])
             else:
                 expanded += [tid] * int(num_vision_tokens(videos[n][1], merge)[0])
         self._check_length(len(expanded))
@@ -415,10 +421,18 @@ class Processor:
             out.pixel_values = torch.cat([p for p, _ in images])
             out.image_grid_thw = torch.cat([g for _, g in images])
         if videos:
-            out.pixel_values_videos = torch.cat([p for p, _ in videos])
-            out.video_grid_thw = torch.cat([g for _, g in videos])
+            out.pixel_values_videos = torch.cat([p for p, _, _ in videos])
+            out.video_grid_thw = torch.cat([g for _, g, _ in videos])
         if not (images or videos):
             return out  # text and audio: sequential positions (timestamp text inside audio included)
+        if self.layout == QWEN35_OMNI:  # one item per temporal patch, each behind its timestamp
+            grids = None if not videos else torch.cat([g.repeat_interleave(int(g[0, 0]), 0) for _, g, _ in videos])
+            if grids is not None:
+                grids[:, 0] = 1
+            out.position_ids, _ = qwen35_position_ids(input_ids, None, self.token_ids,
+                                                      image_grid_thw=out.image_grid_thw, video_grid_thw=grids,
+                                                      spatial_merge_size=merge)
+            return out
         out.position_ids, _ = omni_position_ids(
             input_ids, None, self.token_ids, image_grid_thw=out.image_grid_thw, video_grid_thw=out.video_grid_thw,
             audio_lengths=lengths, video_second_per_grid=seconds or None, use_audio_in_video=out.use_audio_in_video,
@@ -458,15 +472,27 @@ class Processor:
         c = self.vision_config
         return preprocess_image(source, c.patch_size, c.temporal_patch_size, c.spatial_merge_size, *self.image_pixels)
 
-    def _video(self, source) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Patches, grid and seconds per temporal patch (temporal_patch_size / the rate actually sampled)."""
+    def _video(self, source) -> tuple[torch.Tensor, torch.Tensor, float, list[float]]:
+        """Patches, grid, seconds per temporal patch (temporal_patch_size / the rate sampled), patch times."""
         c = self.vision_config
         video = load_video(source, self.video_fps, self.video_max_frames, None, *self.video_pixels,
                            temporal_patch_size=c.temporal_patch_size, patch_size=c.patch_size,
                            merge_size=c.spatial_merge_size)
         patches, grid = preprocess_frames(video.frames, c.patch_size, c.temporal_patch_size, c.spatial_merge_size,
                                           *self.video_pixels)
-        return patches, grid, c.temporal_patch_size / video.fps
+        times = [float(t) for t in temporal_patch_timestamps(video, c.temporal_patch_size)]
+        return patches, grid, c.temporal_patch_size / video.fps, times
+
+    def timestamped_video_tokens(self, grid: torch.Tensor, times: list[float]) -> list[int]:
+        """Qwen3.5-Omni video: `<t seconds><|vision_start|>` + the patch's pads + `<|vision_end|>` per temporal patch
+        (the prompt's own <|vision_end|> closes the last one)."""
+        per_patch = int(num_vision_tokens(grid, self.vision_config.spatial_merge_size)[0]) // int(grid[0, 0])
+        start, end = self.tokenizer.token_to_id(VISION_START), self.tokenizer.token_to_id(VISION_END)
+        out = []
+        for k, t in enumerate(times):
+            out += ([end] if k else []) + self.tokenizer.encode(timestamp_text(t)) + [start]
+            out += [self.pad_ids["video"]] * per_patch
+        return out
 
     def _video_audio(self, source) -> np.ndarray:
         """The sound track of a video used with use_audio_in_video."""
