@@ -127,4 +127,13 @@ def test_audio_in_video_matches(pair):
         pos, _ = hf.get_rope_index(ids, None, inputs["video_grid_thw"], torch.ones_like(ids), True,
                                    torch.tensor([frames]), spg)
         got, _ = ours(**inputs, audio_lengths=[frames], position_ids=pos)
+        ref_tokens = hf.generate(input_ids=ids, pixel_values_videos=inputs["pixel_values_videos"],
+                                 video_grid_thw=inputs["video_grid_thw"], input_features=inputs["audio_features"],
+                                 feature_attention_mask=torch.ones(1, frames, dtype=torch.long),
+                                 attention_mask=torch.ones_like(ids), use_audio_in_video=True,
+                                 video_second_per_grid=spg, max_new_tokens=12, min_new_tokens=12,
+                                 do_sample=False)[:, ids.shape[1]:]
+        embeds, deepstack = ours.embed(**inputs, audio_lengths=[frames])
     assert (got - ref).abs().max().item() < TOL
+    tokens = generate(ours.lm, ids, max_new_tokens=12, inputs_embeds=embeds, deepstack=deepstack, position_ids=pos)
+    assert tokens.tokens.tolist() == ref_tokens.tolist()
