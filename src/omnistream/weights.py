@@ -34,7 +34,7 @@ _PREFIXES = [
 ]
 _OTHER_COMPONENT = re.compile(r"(^|\.)(audio_tower|visual)\.|^(talker|code2wav|mtp)\.")
 _TOWER = re.compile(r"(?:^|\.)(audio_tower|visual)\.(.+)$")  # the Thinker's encoders, under any prefix
-_PER_EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+PER_EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 
 
 @dataclass
@@ -104,15 +104,15 @@ def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
         if ours is None:
             out[name] = tensor
             continue
-        if m := _PER_EXPERT.match(ours):
+        if m := PER_EXPERT.match(ours):
             experts[m.group(1)][(int(m.group(2)), m.group(3))] = tensor
         else:
             out[ours] = tensor
-    out.update(_fuse_experts(experts))
+    out.update(fuse_experts(experts))
     return out
 
 
-def _fuse_experts(experts: dict[str, dict]) -> dict[str, torch.Tensor]:
+def fuse_experts(experts: dict[str, dict]) -> dict[str, torch.Tensor]:
     """Per-expert gate/up/down matrices -> gate_up_proj (E, 2I, H) and down_proj (E, H, I)."""
     fused = {}
     for base, parts in experts.items():
@@ -208,12 +208,12 @@ def _read(path: str | Path, dtype: torch.dtype, with_towers: bool):
         else:
             layout.lm_prefix = prefix
         tensor = _get(file, handle, name).to(dtype)
-        if m := _PER_EXPERT.match(ours):
+        if m := PER_EXPERT.match(ours):
             layout.per_expert = True
             experts[m.group(1)][(int(m.group(2)), m.group(3))] = tensor
         else:
             state[ours] = tensor
-    state.update(_fuse_experts(experts))
+    state.update(fuse_experts(experts))
     return config, raw, state, towers, layout
 
 
