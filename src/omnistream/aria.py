@@ -233,7 +233,26 @@ class _TextFeed:
         return token
 
 
-class AriaScheduler:
+class _TextFed:
+    """The Thinker-facing half shared by both schedulers: text arrives with push_text, closes with end_text."""
+
+    _text: _TextFeed
+
+    @property
+    def t(self) -> int:
+        """Text units consumed so far."""
+        return self._text.t
+
+    def push_text(self, token: Any) -> None:
+        """A text token from the Thinker, in order."""
+        self._text.push(token)
+
+    def end_text(self) -> None:
+        """The Thinker has produced its last text token (its EOS already pushed, if it is to be spoken)."""
+        self._text.end()
+
+
+class AriaScheduler(_TextFed):
     """Online ARIA guard between Thinker and Talker: speech only while s + 1 ≤ R̂·t, waits for slow text.
 
     Drive it with `push_text` / `end_text` as the Thinker produces text, and per Talker step
@@ -259,19 +278,6 @@ class AriaScheduler:
         self.stream: list[Unit] = []
         self.cap: int | None = None
         self.done = False
-
-    @property
-    def t(self) -> int:
-        """Text units consumed into the stream."""
-        return self._text.t
-
-    def push_text(self, token: Any) -> None:
-        """A text token from the Thinker, in order."""
-        self._text.push(token)
-
-    def end_text(self) -> None:
-        """The Thinker has produced its last text token (its EOS already pushed, if it is to be spoken)."""
-        self._text.end()
 
     def _ratio(self) -> float:
         r = self.estimator.upper_ratio(self.t, self.s)
@@ -331,7 +337,7 @@ class AriaScheduler:
 
 
 @dataclass
-class FixedRateScheduler:
+class FixedRateScheduler(_TextFed):
     """Qwen3-Omni fixed-rate mode: every speech step adds one text token, or tts_pad once text is exhausted.
 
     Per Talker step: `next_input()` says which text token to sum in (TEXT), PAD, WAIT for the Thinker, or
@@ -353,19 +359,6 @@ class FixedRateScheduler:
         _check_ratio("FixedRateScheduler max_ratio", self.max_ratio)
         if self.margin < 0:
             raise AriaError(f"FixedRateScheduler margin must be ≥ 0 frames, got {self.margin}")
-
-    @property
-    def t(self) -> int:
-        """Text tokens summed into speech steps so far."""
-        return self._text.t
-
-    def push_text(self, token: Any) -> None:
-        """A text token from the Thinker, in order."""
-        self._text.push(token)
-
-    def end_text(self) -> None:
-        """The Thinker has produced its last text token."""
-        self._text.end()
 
     def next_input(self) -> Action:
         """What to add to this speech step's input: TEXT(token), PAD, WAIT (Thinker behind) or DONE."""
