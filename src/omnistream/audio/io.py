@@ -19,6 +19,7 @@ import soxr
 import torch
 
 from .features import AudioError
+from ..files import check_input_file
 
 MIN_SAMPLE_RATE = 8000
 MAX_CHANNELS = 8
@@ -123,12 +124,7 @@ def _array_frames(source, name: str) -> np.ndarray:
 
 def _read_path(path: Path, name: str, max_seconds) -> tuple[np.ndarray, int]:
     """Decode an audio or video file to float frames (N, C) and its sample rate."""
-    if not path.exists():
-        raise AudioInputError(f"{name} does not exist")
-    if not path.is_file():
-        raise AudioInputError(f"{name} is not a file")
-    if path.stat().st_size == 0:
-        raise AudioInputError(f"{name} is empty (0 bytes)")
+    check_input_file(path, name, AudioInputError)
     return _decode(lambda: str(path), name, max_seconds)
 
 

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..files import check_input_file
+
 PATCH_SIZE = 16
 TEMPORAL_PATCH_SIZE = 2
 MERGE_SIZE = 2
@@ -249,12 +251,7 @@ def _open(source) -> Image.Image:
             raise VisionInputError(f"{name} are empty")
         file = io.BytesIO(source)
     elif isinstance(source, (str, os.PathLike)):
-        if not os.path.exists(source):
-            raise VisionInputError(f"{name} does not exist")
-        if not os.path.isfile(source):
-            raise VisionInputError(f"{name} is not a file")
-        if os.path.getsize(source) == 0:
-            raise VisionInputError(f"{name} is empty (0 bytes)")
+        check_input_file(source, name, VisionInputError)
         file = source
     else:
         raise VisionInputError(f"cannot open an image from a {type(source).__name__}; give a path or bytes")

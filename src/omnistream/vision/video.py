@@ -27,6 +27,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from ..files import check_input_file
 from .preprocess import (
     MERGE_SIZE,
     PATCH_SIZE,
@@ -205,12 +206,7 @@ def _source(source):
         return f"video bytes ({len(source)} bytes)", lambda: io.BytesIO(source)
     if isinstance(source, (str, os.PathLike)):
         name = f"video file '{os.fspath(source)}'"
-        if not os.path.exists(source):
-            raise VisionInputError(f"{name} does not exist")
-        if not os.path.isfile(source):
-            raise VisionInputError(f"{name} is not a file")
-        if os.path.getsize(source) == 0:
-            raise VisionInputError(f"{name} is empty (0 bytes)")
+        check_input_file(source, name, VisionInputError)
         return name, lambda: os.fspath(source)
     raise VisionInputError(f"cannot read a video from a {type(source).__name__}; give a path or bytes")
 
