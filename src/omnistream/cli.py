@@ -17,7 +17,7 @@ from .processor import Processor, StreamDecoder, Tokenizer, TokenizerError
 from .positions import PositionError
 from .thinker import InputError
 from .vision.preprocess import VisionInputError
-from .weights import CheckpointError, load_omni_thinker, load_thinker
+from .weights import CheckpointError, load_omni, load_omni_thinker, load_thinker
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--raw", action="store_true", help="feed the prompt as is, without the chat template")
     gen.add_argument("--compile", action="store_true",
                      help="torch.compile the decode step: faster tokens after a one-off compile of tens of seconds")
+    gen.add_argument("--speak", metavar="FILE",
+                     help="also speak the reply (full Qwen3-Omni checkpoint with talker and code2wav): write a 24 kHz "
+                          "wav and a per-stage timing table on stderr; text prompts only, greedy decoding")
+    gen.add_argument("--voice", metavar="NAME",
+                     help="speaker of --speak (default: ethan when the checkpoint has it, else its first speaker)")
+    gen.add_argument("--max-audio-frames", type=int, default=4096, metavar="N",
+                     help="most codec frames (12.5 per second of speech) --speak generates")
     gen.set_defaults(run=run_generate)
     return parser
 
@@ -87,6 +94,9 @@ def run_generate(args: argparse.Namespace) -> None:
         raise InputError("--use-audio-in-video needs at least one --video")
     if not args.prompt.strip():
         raise InputError("--prompt is empty")
+    if args.speak is not None:
+        run_speak(args)
+        return
     tokenizer = Tokenizer(args.checkpoint)
     embeds = deepstack = positions = None
     if media:
@@ -141,6 +151,91 @@ def run_generate(args: argparse.Namespace) -> None:
     rate = f"{(n - 1) / (end - first):.1f} tokens/s" if n > 1 else "n/a tokens/s"
     print(f"first token after {(first - start) * 1e3:.1f} ms (preprocessing + prefill of {input_ids.shape[1]} tokens); "
           f"generated {n} tokens, decode {rate}", file=sys.stderr)
+
+
+def _voice(checkpoint: str, voice: str | None) -> str:
+    """The --voice to use, checked against the checkpoint's talker speakers before any weights are loaded."""
+    path = Path(checkpoint) / "config.json"
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the checkpoint config ({e})") from e
+    talker = raw.get("talker_config")
+    if not raw.get("code2wav_config") or not talker:
+        raise ConfigError(f"{path} has no talker_config/code2wav_config: this checkpoint cannot speak "
+                          f"(--speak needs a full Qwen3-Omni checkpoint)")
+    voices = {k.lower(): k for k in (talker.get("speaker_id") or {})}
+    if not voices:
+        raise ConfigError(f"{path}: talker_config has no speaker_id voices")
+    if voice is None:
+        return "ethan" if "ethan" in voices else next(iter(voices.values()))
+    if voice.lower() not in voices:
+        raise InputError(f"--voice {voice!r}: unknown voice; known voices: {', '.join(sorted(voices))}")
+    return voice
+
+
+def run_speak(args: argparse.Namespace) -> None:
+    """--speak: stream the reply's text to stdout, write its speech to a 24 kHz wav, print stage timings."""
+    import numpy as np
+    import soundfile as sf
+
+    from .engine.session import SAMPLE_RATE, AudioChunk, SpeechSession, TextDelta
+
+    if args.audio or args.image or args.video:
+        raise InputError("--speak takes text prompts only for now; --audio, --image and --video cannot be used with it")
+    if args.temperature != 0.0 or args.top_k or args.top_p != 1.0 or args.repetition_penalty != 1.0:
+        raise InputError("--speak decodes greedily; --temperature, --top-k, --top-p and --repetition-penalty "
+                         "cannot be used with it")
+    if args.compile:
+        raise InputError("--compile is not supported with --speak yet")
+    if args.max_new_tokens < 1 or args.max_audio_frames < 1:
+        raise InputError("--max-new-tokens and --max-audio-frames must be at least 1")
+    voice = _voice(args.checkpoint, args.voice)
+    tokenizer = Tokenizer(args.checkpoint)
+    thinker, talker, code2wav, tokens = load_omni(args.checkpoint, DTYPES[args.dtype], args.device)
+    start = time.perf_counter()
+    ids = tokenizer.encode(args.prompt) if args.raw else tokenizer.encode_chat(_messages(args))
+    input_ids = torch.tensor([ids], dtype=torch.long, device=thinker.lm.device)  # (1, S)
+    stops = tokenizer.eos_ids + [t for t in thinker.lm.config.eos_token_ids if t not in tokenizer.eos_ids]
+    try:
+        session = SpeechSession(thinker, talker, code2wav, tokens, speaker=voice, thinker_eos_token_id=stops,
+                                thinker_max_new_tokens=args.max_new_tokens,
+                                talker_max_new_tokens=args.max_audio_frames + 1)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    decoder = StreamDecoder(tokenizer)
+    pcm, n_text = [], 0
+    try:
+        for event in session.speak(input_ids):
+            if isinstance(event, TextDelta):
+                n_text += 1
+                sys.stdout.write(decoder.push(event.token_id))
+                sys.stdout.flush()
+            elif isinstance(event, AudioChunk):
+                pcm.append(event.pcm)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    end = time.perf_counter()
+    sys.stdout.write(decoder.flush() + "\n")
+    sys.stdout.flush()
+    wav = np.concatenate(pcm).astype(np.float32) if pcm else np.zeros(0, dtype=np.float32)
+    sf.write(args.speak, wav, SAMPLE_RATE)
+    t = session.timings
+    frames = int(t.get("frames", 0))
+    seconds = wav.size / SAMPLE_RATE
+
+    def ms(key):
+        return f"{t[key] * 1e3:10.1f} ms" if key in t else "       n/a"
+
+    rtf = f"{(end - start) / seconds:10.3f}" if seconds else "       n/a"
+    rows = [("preprocessing", ms("preprocessing")), ("thinker first token", ms("thinker_first_token")),
+            ("talker first frame", ms("talker_first_frame")), ("MTP per frame", ms("mtp_per_frame")),
+            ("Code2Wav per frame", ms("code2wav_per_frame")), ("first audio packet", ms("first_audio_packet")),
+            ("RTF", rtf + "    (processing / audio duration)")]
+    print(f"audio {frames} frames, {seconds:.2f} s at {SAMPLE_RATE} Hz -> {args.speak}; {n_text} text tokens",
+          file=sys.stderr)
+    for name, value in rows:
+        print(f"  {name:<20} {value}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -294,3 +294,49 @@ def save_thinker(model: ThinkerLM, path: str | Path, layout: CheckpointLayout | 
         (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     config = layout.config or model.config.to_hf()
     (directory / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def load_omni(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu"):
+    """Load a whole Qwen3-Omni checkpoint (Thinker, Talker, Code2Wav) for speech output.
+
+    Returns (thinker, talker, code2wav, SpeechTokens). The Talker and Code2Wav are built normally (their
+    initialisation is overwritten), so their non-persistent buffers are the constructor's."""
+    from .audio.code2wav import Code2Wav, Code2WavConfig
+    from .engine.session import SpeechTokens
+    from .talker import Talker, TalkerConfig, convert_talker_state_dict
+
+    directory = Path(path)
+    cfg_path = directory / "config.json"
+    if not cfg_path.is_file():
+        raise ConfigError(f"checkpoint directory {directory} has no config.json")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{cfg_path}: not valid JSON ({e})") from e
+    lacking = [k for k in ("talker_config", "code2wav_config") if not raw.get(k)]
+    if lacking:
+        raise ConfigError(f"{cfg_path} has no {' or '.join(lacking)}: this checkpoint cannot speak "
+                          f"(a full Qwen3-Omni checkpoint with its talker and code2wav is needed)")
+    try:
+        talker_cfg = TalkerConfig.from_hf(raw)
+        c2w_cfg = Code2WavConfig.from_hf(raw["code2wav_config"])
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"{cfg_path}: cannot read the talker/code2wav config ({type(e).__name__}: {e})") from e
+    thinker = load_omni_thinker(directory, dtype, device)
+    talker_state, c2w_state = {}, {}
+    for file, name, handle in _iter_tensors(_shard_files(directory)):
+        if name.startswith("talker."):
+            talker_state[name] = _get(file, handle, name).to(dtype)
+        elif name.startswith("code2wav."):
+            c2w_state[name[len("code2wav."):]] = _get(file, handle, name).to(dtype)
+    if not talker_state or not c2w_state:
+        missing = [n for n, s in (("talker.*", talker_state), ("code2wav.*", c2w_state)) if not s]
+        raise CheckpointError(f"{directory} has no {' or '.join(missing)} tensors: this checkpoint cannot speak")
+    with torch.device(device):
+        talker = Talker(talker_cfg)
+        code2wav = Code2Wav(c2w_cfg)
+    talker = talker.to(dtype)
+    code2wav = code2wav.to(dtype)
+    load_state_into(talker, convert_talker_state_dict(talker_state), f"{path} (talker)")
+    load_state_into(code2wav, c2w_state, f"{path} (code2wav)")
+    return thinker, talker.eval(), code2wav.eval(), SpeechTokens.from_hf(raw)
