@@ -12,9 +12,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .audio.encoder import AudioEncoder, sinusoids
 from .config import AudioConfig, ConfigError, TextConfig, VisionConfig
-from .modules.rope import MultimodalRotary
 from .thinker import Thinker, ThinkerLM
 
 
@@ -169,14 +167,10 @@ def _empty(build, dtype: torch.dtype, device) -> torch.nn.Module:
         module = build()
     module = module.to_empty(device=device).to(dtype)
     for m in module.modules():
-        if isinstance(m, ThinkerLM):
-            c = m.config
-            m.model.rotary = MultimodalRotary(c.head_dim, c.rope_theta, c.partial_rotary_factor,
-                                              c.mrope_section).to(device)
-            if c.tie_word_embeddings:
-                m.lm_head.weight = m.model.embed_tokens.weight
-        elif isinstance(m, AudioEncoder):
-            m.positions = sinusoids(m.config.max_source_positions, m.config.d_model).to(device)
+        if hasattr(m, "init_buffers"):  # constant tables are not in checkpoints: recompute them, in fp32
+            m.init_buffers()
+        if isinstance(m, ThinkerLM) and m.config.tie_word_embeddings:
+            m.lm_head.weight = m.model.embed_tokens.weight
     return module.eval()
 
 
@@ -332,11 +326,8 @@ def load_omni(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu"
     if not talker_state or not c2w_state:
         missing = [n for n, s in (("talker.*", talker_state), ("code2wav.*", c2w_state)) if not s]
         raise CheckpointError(f"{directory} has no {' or '.join(missing)} tensors: this checkpoint cannot speak")
-    with torch.device(device):
-        talker = Talker(talker_cfg)
-        code2wav = Code2Wav(c2w_cfg)
-    talker = talker.to(dtype)
-    code2wav = code2wav.to(dtype)
+    talker = _empty(lambda: Talker(talker_cfg), dtype, device)
+    code2wav = _empty(lambda: Code2Wav(c2w_cfg), dtype, device)
     load_state_into(talker, convert_talker_state_dict(talker_state), f"{path} (talker)")
     load_state_into(code2wav, c2w_state, f"{path} (code2wav)")
     return thinker, talker.eval(), code2wav.eval(), SpeechTokens.from_hf(raw)

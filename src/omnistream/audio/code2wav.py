@@ -288,8 +288,8 @@ class Code2Wav(nn.Module):
             raise ValueError(f"decoder_dim {c.decoder_dim} must be divisible by 2**{len(c.upsample_rates)}")
         self.pre_transformer = PreTransformer(c)
         self.code_embedding = nn.Embedding(c.codebook_size * c.num_quantizers, c.hidden_size)
-        offset = torch.arange(c.num_quantizers).view(1, -1, 1) * c.codebook_size
-        self.register_buffer("code_offset", offset, persistent=False)  # (1, Q, 1)
+        self.register_buffer("code_offset", torch.empty(1, c.num_quantizers, 1, dtype=torch.long), persistent=False)
+        self.init_buffers()
         self.upsample = nn.ModuleList(
             nn.ModuleList([CausalTransConv(c.hidden_size, c.hidden_size, f, f), ConvNeXtBlock(c.hidden_size)])
             for f in c.upsampling_ratios)
@@ -298,6 +298,11 @@ class Code2Wav(nn.Module):
         self.decoder = nn.ModuleList(
             [CausalConv(c.hidden_size, c.decoder_dim, 7), *blocks, SnakeBeta(dims[-1]), CausalConv(dims[-1], 1, 7)])
 
+    def init_buffers(self) -> None:
+        """(Re)compute each quantizer's offset into the shared embedding table, (1, Q, 1)."""
+        c = self.config
+        self.code_offset = (torch.arange(c.num_quantizers, device=self.code_offset.device)
+                            * c.codebook_size).view(1, -1, 1)
     def check_codes(self, codes: torch.Tensor) -> None:
         """Raise ValueError unless codes is an integer (B, Q, T) tensor of in-range codebook entries."""
         c = self.config

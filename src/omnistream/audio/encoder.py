@@ -70,12 +70,17 @@ class AudioEncoder(nn.Module):
             setattr(self, f"conv2d{i + 1}", nn.Conv2d(1 if i == 0 else hid, hid, 3, 2, padding=1))
         freq = conv_out_len(c.num_mel_bins, c.num_downsample)
         self.conv_out = nn.Linear(hid * freq, c.d_model, bias=False)
-        self.register_buffer("positions", sinusoids(c.max_source_positions, c.d_model), persistent=False)
+        self.register_buffer("positions", torch.empty(c.max_source_positions, c.d_model), persistent=False)
+        self.init_buffers()
         self.layers = nn.ModuleList(EncoderLayer(c.d_model, c.encoder_attention_heads, c.encoder_ffn_dim)
                                     for _ in range(c.encoder_layers))
         self.ln_post = nn.LayerNorm(c.d_model)
         self.proj1 = nn.Linear(c.d_model, c.d_model)
         self.proj2 = nn.Linear(c.d_model, c.output_dim)
+
+    def init_buffers(self) -> None:
+        """(Re)compute the sinusoidal position table in fp32 on the module's device."""
+        self.positions = sinusoids(self.config.max_source_positions, self.config.d_model).to(self.positions.device)
 
     def token_counts(self, frames: torch.Tensor) -> torch.Tensor:
         """Tokens per audio for mel frame counts (B,)."""

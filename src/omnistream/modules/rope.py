@@ -10,15 +10,22 @@ class MultimodalRotary(nn.Module):
     def __init__(self, head_dim: int, theta: float, partial_rotary_factor: float = 1.0, mrope_section=(1, 1, 0)):
         super().__init__()
         self.rotary_dim = int(head_dim * partial_rotary_factor)
-        n = self.rotary_dim // 2
-        inv_freq = 1.0 / (theta ** (torch.arange(0, self.rotary_dim, 2, dtype=torch.float) / self.rotary_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.theta, self.mrope_section = theta, tuple(mrope_section)
+        self.register_buffer("inv_freq", torch.empty(self.rotary_dim // 2), persistent=False)
+        self.register_buffer("axis", torch.empty(self.rotary_dim // 2, dtype=torch.long), persistent=False)
+        self.init_buffers()
+
+    def init_buffers(self) -> None:
+        """(Re)compute the constant tables in fp32 on the module's device (also after a meta-device build)."""
+        device = self.inv_freq.device
+        steps = torch.arange(0, self.rotary_dim, 2, dtype=torch.float, device=device) / self.rotary_dim
+        self.inv_freq = 1.0 / self.theta ** steps
         # axis[i]: which position row drives frequency slot i. H takes slots 1,4,.. below 3*section[1],
         # W takes 2,5,.. below 3*section[2]; T keeps the rest.
-        axis = torch.zeros(n, dtype=torch.long)
+        axis = torch.zeros(self.rotary_dim // 2, dtype=torch.long, device=device)
         for row, offset in ((1, 1), (2, 2)):
-            axis[offset : 3 * mrope_section[row] : 3] = row
-        self.register_buffer("axis", axis, persistent=False)
+            axis[offset : 3 * self.mrope_section[row] : 3] = row
+        self.axis = axis
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """position_ids (B, S) or (3, B, S) -> cos, sin each (B, S, rotary_dim) in `dtype`."""
