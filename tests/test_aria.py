@@ -235,21 +235,33 @@ def _estimators():
     return st.one_of(prior, observed)
 
 
+class _Thinker:
+    """Feeds T text tokens to a scheduler in bursts (`arrivals[step]`, then 1 a step); ends `end_delay` steps later."""
+
+    def __init__(self, sched, T, arrivals, end_delay):
+        self.sched, self.arrivals, self.end_delay = sched, arrivals, end_delay
+        self.tokens = [f"tok{i}" for i in range(T)]
+        self.pushed, self.ended, self.end_at = 0, False, None
+
+    def step(self, step: int) -> None:
+        burst = self.arrivals[step] if step < len(self.arrivals) else 1
+        for _ in range(min(burst, len(self.tokens) - self.pushed)):
+            self.sched.push_text(self.tokens[self.pushed])
+            self.pushed += 1
+        if self.pushed == len(self.tokens) and not self.ended:
+            self.end_at = step + self.end_delay if self.end_at is None else self.end_at
+            if step >= self.end_at:
+                self.sched.end_text()
+                self.ended = True
+
+
 def _drive(sched, T, arrivals, end_delay, talker, max_steps):
     """Run Thinker arrivals and Talker proposals against the scheduler; return the actions and guard records."""
-    tokens = [f"tok{i}" for i in range(T)]
-    pushed, ended, end_at = 0, False, None
+    thinker = _Thinker(sched, T, arrivals, end_delay)
+    tokens = thinker.tokens
     actions, speech_records = [], []
     for step in range(max_steps):
-        burst = arrivals[step] if step < len(arrivals) else 1
-        for _ in range(min(burst, T - pushed)):
-            sched.push_text(tokens[pushed])
-            pushed += 1
-        if pushed == T and not ended:
-            end_at = step + end_delay if end_at is None else end_at
-            if step >= end_at:
-                sched.end_text()
-                ended = True
+        thinker.step(step)
         t, s, closed = sched.t, sched.s, sched.allowed().eos
         action = sched.next_action(talker(sched, step))
         actions.append(action)
@@ -363,19 +375,11 @@ def test_text_after_end_is_refused():
 @given(st.integers(0, 30), _arrivals(), st.integers(0, 10), st.booleans(), st.integers(0, 5))
 def test_fixed_rate_adds_one_text_per_frame_then_pads(T, arrivals, end_delay, runaway, margin):
     sched = FixedRateScheduler(EOS, max_ratio=2.0, margin=margin)
-    tokens = [f"tok{i}" for i in range(T)]
-    pushed, ended, end_at, eos = 0, False, None, 0
+    thinker = _Thinker(sched, T, arrivals, end_delay)
+    tokens, eos = thinker.tokens, 0
     max_steps = len(arrivals) + end_delay + 2 * T + math.ceil(2.0 * T) + margin + 5
     for step in range(max_steps):
-        burst = arrivals[step] if step < len(arrivals) else 1
-        for _ in range(min(burst, T - pushed)):
-            sched.push_text(tokens[pushed])
-            pushed += 1
-        if pushed == T and not ended:
-            end_at = step + end_delay if end_at is None else end_at
-            if step >= end_at:
-                sched.end_text()
-                ended = True
+        thinker.step(step)
         action = sched.next_input()
         if action.act is Act.DONE:
             break
