@@ -141,6 +141,8 @@ class TextConfig:
                      linear_key_head_dim=self.linear_key_head_dim, linear_value_head_dim=self.linear_value_head_dim,
                      linear_conv_kernel_dim=self.linear_conv_kernel_dim,
                      shared_expert_intermediate_size=self.shared_expert_intermediate_size)
+            if self.intermediate_size:
+                d["intermediate_size"] = self.intermediate_size
         return d
 
     # ------------------------------------------------------------------ Hugging Face import

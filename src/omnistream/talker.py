@@ -15,6 +15,8 @@ from .config import ConfigError, TextConfig
 from .decoder import Decoder
 from .weights import PER_EXPERT, fuse_experts
 
+HYBRID_TYPES = ("qwen3_5_moe_text", "qwen3_5_text", "qwen3_next")  # talker backbones kept hybrid
+
 
 @dataclass
 class TalkerConfig:
@@ -32,9 +34,22 @@ class TalkerConfig:
     codec_think_bos_id: int = 2156
     codec_think_eos_id: int = 2157
     speaker_id: dict[str, int] = field(default_factory=dict)
+    interleave: str = "fixed"  # "fixed": one text token summed into every frame (Qwen3-Omni); "aria": one stream
+    codec_text_slot_id: int | None = None  # ARIA: the codebook-0 id meaning "the next unit is text"
+    aria_frames_per_token: dict[str, float] = field(default_factory=dict)  # ARIA prior per language
+    aria_default_ratio: float = 4.0  # ARIA prior (frames per text token) for other languages
 
     def __post_init__(self) -> None:
         problems = []
+        if self.interleave not in ("fixed", "aria"):
+            problems.append(f"interleave must be 'fixed' or 'aria', got {self.interleave!r}")
+        if self.interleave == "aria":
+            slot = self.codec_text_slot_id
+            if slot is None or not 0 <= slot < self.text.vocab_size:
+                problems.append(f"ARIA needs codec_text_slot_id inside the codec vocabulary "
+                                f"[0, {self.text.vocab_size}), got {slot}")
+            elif slot == self.codec_eos_token_id:
+                problems.append("codec_text_slot_id must differ from codec_eos_token_id")
         if self.text.num_experts <= 0:
             problems.append("the talker backbone needs routed experts (num_experts > 0)")
         if self.code_predictor.hidden_size != self.text.hidden_size:
@@ -54,8 +69,9 @@ class TalkerConfig:
         text = dict(cfg["text_config"])
         if not text.get("shared_expert_intermediate_size"):
             raise ConfigError("talker text_config lacks shared_expert_intermediate_size (required by the model)")
-        # every reference talker layer is sparse, whatever mlp_only_layers / decoder_sparse_step say
-        text.update(model_type="qwen3_omni_moe_text", mlp_only_layers=[], decoder_sparse_step=1)
+        if text.get("model_type") not in HYBRID_TYPES:
+            # every reference talker layer is sparse, whatever mlp_only_layers / decoder_sparse_step say
+            text.update(model_type="qwen3_omni_moe_text", mlp_only_layers=[], decoder_sparse_step=1)
         cp = TextConfig.from_hf({**cfg["code_predictor_config"], "model_type": "qwen3_omni_moe_text"})
         cp = cp.replace(mrope_section=[cp.rotary_dim // 2, 0, 0])
         return cls(
@@ -64,7 +80,23 @@ class TalkerConfig:
                                    "codec_bos_id", "codec_eos_token_id", "codec_nothink_id", "codec_think_bos_id",
                                    "codec_think_eos_id") if k in cfg},
             speaker_id=dict(cfg.get("speaker_id") or {}),
+            **{k: cfg[k] for k in ("interleave", "codec_text_slot_id", "aria_frames_per_token", "aria_default_ratio")
+               if cfg.get(k) is not None},
         )
+
+    def to_hf(self) -> dict[str, Any]:
+        """A talker_config dict that from_hf reads back to this config."""
+        text = self.text.to_hf()
+        cp = self.code_predictor.to_hf()
+        cp.update(model_type="qwen3_omni_moe_talker_code_predictor", num_code_groups=self.num_code_groups)
+        cp["rope_parameters"] = {"rope_type": "default", "rope_theta": self.code_predictor.rope_theta}
+        out = {k: getattr(self, k) for k in (
+            "num_code_groups", "thinker_hidden_size", "accept_hidden_layer", "codec_pad_id", "codec_bos_id",
+            "codec_eos_token_id", "codec_nothink_id", "codec_think_bos_id", "codec_think_eos_id", "interleave",
+            "codec_text_slot_id", "aria_default_ratio")}
+        out.update(model_type="qwen3_omni_moe_talker", text_config=text, code_predictor_config=cp,
+                   speaker_id=dict(self.speaker_id), aria_frames_per_token=dict(self.aria_frames_per_token))
+        return out
 
 
 class ResizeMLP(nn.Module):
