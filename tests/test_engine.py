@@ -5,7 +5,7 @@ import torch
 
 from omnistream.config import tiny_qwen35
 from omnistream.engine import SamplingParams, generate, sample, stream
-from omnistream.engine.sampling import apply_repetition_penalty
+from omnistream.sampling import apply_repetition_penalty
 from omnistream.thinker import InputError, ThinkerLM
 
 

@@ -13,6 +13,7 @@ from torch import nn
 from .cache import InferenceCache
 from .config import ConfigError, TextConfig
 from .decoder import Decoder
+from .sampling import SamplingParams, sample
 from .weights import PER_EXPERT, fuse_experts
 
 HYBRID_TYPES = ("qwen3_5_moe_text", "qwen3_5_text", "qwen3_next")  # talker backbones kept hybrid
@@ -38,6 +39,8 @@ class TalkerConfig:
     codec_text_slot_id: int | None = None  # ARIA: the codebook-0 id meaning "the next unit is text"
     aria_frames_per_token: dict[str, float] = field(default_factory=dict)  # ARIA prior per language
     aria_default_ratio: float = 4.0  # ARIA prior (frames per text token) for other languages
+    position_id_per_seconds: float = 25  # TMRoPE ticks per second over the talker's prompt (release: 13)
+    spatial_merge_size: int = 2
 
     def __post_init__(self) -> None:
         problems = []
@@ -55,6 +58,9 @@ class TalkerConfig:
         if self.code_predictor.hidden_size != self.text.hidden_size:
             problems.append(f"code predictor hidden {self.code_predictor.hidden_size} != talker hidden "
                             f"{self.text.hidden_size}")
+        if self.text.intermediate_size <= 0:
+            problems.append("the talker needs text intermediate_size > 0 (it sizes text_projection and "
+                            "hidden_projection)")
         if self.code_predictor.num_experts:
             problems.append("the code predictor is dense (num_experts must be 0)")
         if self.num_code_groups < 2:
@@ -78,7 +84,7 @@ class TalkerConfig:
             text=TextConfig.from_hf(text), code_predictor=cp,
             **{k: cfg[k] for k in ("num_code_groups", "thinker_hidden_size", "accept_hidden_layer", "codec_pad_id",
                                    "codec_bos_id", "codec_eos_token_id", "codec_nothink_id", "codec_think_bos_id",
-                                   "codec_think_eos_id") if k in cfg},
+                                   "codec_think_eos_id", "position_id_per_seconds", "spatial_merge_size") if k in cfg},
             speaker_id=dict(cfg.get("speaker_id") or {}),
             **{k: cfg[k] for k in ("interleave", "codec_text_slot_id", "aria_frames_per_token", "aria_default_ratio")
                if cfg.get(k) is not None},
@@ -93,7 +99,7 @@ class TalkerConfig:
         out = {k: getattr(self, k) for k in (
             "num_code_groups", "thinker_hidden_size", "accept_hidden_layer", "codec_pad_id", "codec_bos_id",
             "codec_eos_token_id", "codec_nothink_id", "codec_think_bos_id", "codec_think_eos_id", "interleave",
-            "codec_text_slot_id", "aria_default_ratio")}
+            "codec_text_slot_id", "aria_default_ratio", "position_id_per_seconds", "spatial_merge_size")}
         out.update(model_type="qwen3_omni_moe_talker", text_config=text, code_predictor_config=cp,
                    speaker_id=dict(self.speaker_id), aria_frames_per_token=dict(self.aria_frames_per_token))
         return out
@@ -128,8 +134,12 @@ class CodePredictor(nn.Module):
         return self.lm_head[head](self.model(inputs_embeds=inputs_embeds, cache=cache).last_hidden_state)
 
     @torch.no_grad()
-    def greedy(self, talker_hidden: torch.Tensor, code0_embed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """talker_hidden, code0_embed (B, H) -> residual codes (B, Q-1), their logits (B, Q-1, V); fresh positions."""
+    def generate(self, talker_hidden: torch.Tensor, code0_embed: torch.Tensor, sampling: SamplingParams | None = None,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """talker_hidden, code0_embed (B, H) -> residual codes (B, Q-1), their logits (B, Q-1, V); fresh positions.
+
+        Greedy without `sampling` (the reference's do_sample=False)."""
+        sampling = sampling or SamplingParams()
         b = talker_hidden.shape[0]
         n = len(self.lm_head)
         w = self.lm_head[0].weight
@@ -139,9 +149,13 @@ class CodePredictor(nn.Module):
         for g in range(n):
             step = self(x, g, cache)[:, -1]  # (B, V)
             logits.append(step)
-            codes.append(step.argmax(-1))
+            codes.append(sample(step, sampling, generator=generator))
             x = self.codec_embedding[g](codes[-1])[:, None]  # (B, 1, H)
         return torch.stack(codes, 1), torch.stack(logits, 1)
+
+    def greedy(self, talker_hidden: torch.Tensor, code0_embed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy residual codes (B, Q-1) and their logits (B, Q-1, V)."""
+        return self.generate(talker_hidden, code0_embed)
 
 
 class Talker(nn.Module):
@@ -179,9 +193,10 @@ class Talker(nn.Module):
                             cache=cache).last_hidden_state
         return self.codec_head(hidden), hidden
 
-    def predict_residual(self, talker_hidden: torch.Tensor, code0: torch.Tensor) -> torch.Tensor:
-        """talker_hidden (B, H) at the step that sampled code0 (B,) -> greedy residual codes (B, Q-1)."""
-        return self.code_predictor.greedy(talker_hidden, self.model.embed_tokens(code0))[0]
+    def predict_residual(self, talker_hidden: torch.Tensor, code0: torch.Tensor, sampling: SamplingParams | None = None,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+        """talker_hidden (B, H) at the step that sampled code0 (B,) -> residual codes (B, Q-1), greedy by default."""
+        return self.code_predictor.generate(talker_hidden, self.model.embed_tokens(code0), sampling, generator)[0]
 
     def frame_embedding(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (B, Q) of one frame -> sum of its codebook embeddings (B, H): the codec part of the next input."""

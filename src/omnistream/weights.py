@@ -30,7 +30,7 @@ _PREFIXES = [
     ("model.", "model."),
     ("lm_head.", "lm_head."),
 ]
-_OTHER_COMPONENT = re.compile(r"(^|\.)(audio_tower|visual)\.|^(talker|code2wav|mtp)\.")
+_OTHER_COMPONENT = re.compile(r"(^|\.)(audio_tower|visual)\.|^(talker|code2wav|mtp|audio_tokenizer)\.")
 _TOWER = re.compile(r"(?:^|\.)(audio_tower|visual)\.(.+)$")  # the Thinker's encoders, under any prefix
 PER_EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..thinker import InputError, ThinkerLM
-from .sampling import SamplingParams, sample
+from ..sampling import SamplingParams, sample
 
 
 @dataclass

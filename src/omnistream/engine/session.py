@@ -1,54 +1,49 @@
-"""Streaming speech session: Thinker -> Talker -> MTP (code predictor) -> Code2Wav, in fixed-rate mode.
+"""Streaming speech session: Thinker -> Talker -> MTP (code predictor) -> Code2Wav, all four interleaved.
 
-Fixed-rate mode is what the Qwen3-Omni reference does: every Talker step after the 9-position assistant prefill adds
-exactly one projected text embedding (the next reply token, then `tts_eos`, then `tts_pad` forever) to the
-embedding of the codec frame it just produced.
+The Thinker and the Talker take turns on one thread: each round the Thinker decodes one token (yielded at once
+as a `TextDelta`) and the Talker takes one step; a frame's codes go through the code predictor and straight into
+a `Code2WavStream`, whose new PCM is yielded as an `AudioChunk`. The Talker starts as soon as the Thinker's first
+reply token exists, so the first audio comes after the Thinker's first token plus one Talker frame, not after the
+whole reply. When the Talker needs text the Thinker has not produced yet, it waits for the Thinker's next token.
 
-This first version follows the reference's order: the Thinker runs to completion first (its text is yielded token
-by token as `TextDelta` events while it runs), then the Talker runs frame by frame; every frame's codes go through
-the code predictor and straight into a `Code2WavStream`, whose new PCM is yielded as an `AudioChunk`. Greedy
-decoding (the reference's `talker_do_sample=False`) with the reference's repetition penalty (1.05 over the codes
-already generated) and suppression of the codec special ids other than EOS; the result equals
-`Qwen3OmniMoeForConditionalGeneration.generate(..., return_audio=True, talker_do_sample=False)`.
+Two interleavings (`TalkerConfig.interleave`):
+- "fixed" (Qwen3-Omni checkpoints): every Talker step sums one projected text embedding into the embedding of
+  the frame it just produced: the next reply token, then `tts_eos`, then `tts_pad` (`FixedRateScheduler`). The
+  codes and waveform equal `Qwen3OmniMoeForConditionalGeneration.generate(return_audio=True)` (greedy), including
+  its quirks: the last thinker token (EOS, or the last when the budget runs out) is never fed to the talker, and
+  the code sampled at the talker's last budgeted step gets no frame.
+- "aria" (models trained with ARIA): text and speech are one stream. Each step the Talker proposes codebook 0
+  over the speech codes, the text-slot and speech-EOS, masked by the `AriaScheduler` guard; text-slot feeds the
+  next reply token (the Thinker's EOS is the last), speech runs MTP + Code2Wav.
 
-Reference quirks reproduced on purpose: the last thinker token (EOS, or the last one when the token budget runs
-out) is never fed to the talker; when the talker's budget runs out, the code sampled at its last step gets no frame.
+Decoding is greedy unless sampling parameters are given (the reference's defaults: `SpeechSession.reference_
+sampling()`); the Talker's repetition penalty (1.05) covers the codes already generated and is applied before
+the special codec ids are masked out.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
+from ..aria import Act, AriaScheduler, FixedRateScheduler, ObservedRate, PriorRate, RateEstimator
 from ..audio.code2wav import Code2Wav, Code2WavStream
+from ..cache import InferenceCache
+from ..positions import TokenIds, omni_position_ids
+from ..sampling import SamplingParams, apply_repetition_penalty, sample
 from ..talker import Talker
 from ..thinker import InputError, Thinker
+from ..voice import VoicePrompt, check_voice_prompt
+from .talker_prompt import Piece, SpeechTokens, TalkerPrompt
 
 SAMPLE_RATE = 24_000
+TTS_EOS = object()  # fixed-rate text unit: the reference's tts_eos after the last spoken reply token
 
-
-@dataclass(frozen=True)
-class SpeechTokens:
-    """Thinker-vocabulary ids the talker prompt is built from (top-level Qwen3OmniMoeConfig; release defaults)."""
-
-    im_start_token_id: int = 151644
-    im_end_token_id: int = 151645
-    tts_pad_token_id: int = 151671
-    tts_bos_token_id: int = 151672
-    tts_eos_token_id: int = 151673
-    system_token_id: int = 8948
-    user_token_id: int = 872
-    assistant_token_id: int = 77091
-
-    @classmethod
-    def from_hf(cls, cfg: dict[str, Any]) -> "SpeechTokens":
-        """From a whole qwen3_omni_moe config dict (missing fields keep the release values)."""
-        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if cfg.get(k) is not None})
+__all__ = ["SAMPLE_RATE", "AudioChunk", "SpeechResult", "SpeechSession", "SpeechTokens", "TextDelta"]
 
 
 @dataclass
@@ -77,189 +72,310 @@ class SpeechResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class _Live:
+    """What a running session holds: released when the stream ends, is closed or cancelled."""
+
+    thinker_cache: InferenceCache
+    talker_cache: InferenceCache | None = None
+    code2wav: Code2WavStream | None = None
+
+
+class _ThinkerRun:
+    """The Thinker decoding one token per `step()`; keeps the prompt's embeddings and accept-layer hidden states."""
+
+    def __init__(self, session: "SpeechSession", input_ids: torch.Tensor, embed_kwargs: dict,
+                 position_ids: torch.Tensor | None):
+        self.s = session
+        lm = session.thinker.lm
+        self.cache = lm.new_cache(1, input_ids.shape[1] + session.thinker_max_new_tokens)
+        self.tokens: list[int] = []
+        self.done = False
+        self.seen = torch.zeros(1, lm.config.vocab_size, dtype=torch.bool, device=lm.device)
+        self.seen[0, input_ids[0]] = True
+        embeds, deepstack = session.thinker.embed(input_ids, **embed_kwargs)  # (1, S, Ht)
+        session.timings["preprocessing"] = time.perf_counter() - session._t0
+        logits, out = lm(inputs_embeds=embeds, deepstack=deepstack, position_ids=position_ids, cache=self.cache,
+                         logits_to_keep=1, output_hidden_states=True)
+        self.prompt_embeds = out.hidden_states[0][0]  # (S, Ht)
+        self.prompt_hidden = out.hidden_states[session.talker.config.accept_hidden_layer][0]  # (S, Ht)
+        self._take(logits[:, -1])
+
+    def _take(self, logits: torch.Tensor) -> None:
+        s = self.s
+        token = int(sample(logits, s.thinker_sampling, self.seen, s.generator)[0])
+        self.seen[0, token] = True
+        self.tokens.append(token)
+        self.done = token in s.thinker_eos or len(self.tokens) == s.thinker_max_new_tokens
+
+    def step(self) -> int:
+        """Decode the next token (after the last one) and return it."""
+        lm = self.s.thinker.lm
+        self._take(lm.decode(torch.tensor([self.tokens[-1]], device=lm.device), self.cache))
+        return self.tokens[-1]
+
+
 class SpeechSession:
     """Speak a reply to one prompt: `for event in session.speak(input_ids): ...`; timings in `session.timings`.
 
-    timings (seconds): preprocessing (thinker input assembly), thinker_first_token, thinker_total, talker_prefill,
-    talker_first_frame (from the talker start to the first frame's codes), mtp_per_frame, code2wav_per_frame
-    (means), first_audio_packet (from the call to the first AudioChunk), frames."""
+    timings (seconds): preprocessing (Thinker input assembly: encoders and embeddings), thinker_first_token,
+    thinker_total, talker_prefill (its duration), talker_first_frame (from the Talker's start to the first frame's
+    codes), mtp_per_frame and code2wav_per_frame (means), first_audio_packet (from the call to the first
+    AudioChunk); also frames and stalls (Talker steps that waited for text)."""
 
     def __init__(self, thinker: Thinker, talker: Talker, code2wav: Code2Wav, tokens: SpeechTokens | None = None,
-                 speaker: str = "Ethan", thinker_eos_token_id: int | Sequence[int] | None = 151645,
-                 thinker_max_new_tokens: int = 1024, talker_max_new_tokens: int = 4096,
-                 repetition_penalty: float = 1.05):
+                 speaker: str | None = "Ethan", voice: VoicePrompt | None = None,
+                 thinker_eos_token_id: int | Sequence[int] | None = 151645, thinker_max_new_tokens: int = 1024,
+                 talker_max_new_tokens: int = 4096, thinker_sampling: SamplingParams | None = None,
+                 talker_sampling: SamplingParams | None = None, mtp_sampling: SamplingParams | None = None,
+                 seed: int | None = None, language: str | None = None, rate: RateEstimator | None = None):
         self.thinker, self.talker, self.code2wav = thinker, talker, code2wav
         self.tokens = tokens or SpeechTokens()
         tc = talker.config
-        voices = {k.lower(): v for k, v in tc.speaker_id.items()}
-        if speaker.lower() not in voices:
-            raise ValueError(f"unknown speaker {speaker!r}; known voices: {', '.join(sorted(voices)) or '(none)'}")
-        self.speaker_code = voices[speaker.lower()]
         if tc.num_code_groups != code2wav.config.num_quantizers:
             raise ValueError(f"talker makes {tc.num_code_groups} codebooks per frame but code2wav expects "
                              f"{code2wav.config.num_quantizers}")
+        if voice is not None:
+            check_voice_prompt(voice, tc.num_code_groups, code2wav.config.codebook_size)
+            self.voice_code = tc.codec_pad_id
+        else:
+            voices = {k.lower(): v for k, v in tc.speaker_id.items()}
+            if speaker is None or speaker.lower() not in voices:
+                raise ValueError(f"unknown speaker {speaker!r}; known voices: {', '.join(sorted(voices)) or '(none)'}")
+            self.voice_code = voices[speaker.lower()]
+        self.voice = voice
+        if thinker_max_new_tokens < 1 or talker_max_new_tokens < 1:
+            raise ValueError(f"token budgets must be at least 1 (thinker {thinker_max_new_tokens}, "
+                             f"talker {talker_max_new_tokens})")
         eos = thinker_eos_token_id
         self.thinker_eos = set() if eos is None else {int(e) for e in ([eos] if isinstance(eos, int) else eos)}
         self.thinker_max_new_tokens = thinker_max_new_tokens
         self.talker_max_new_tokens = talker_max_new_tokens
-        self.repetition_penalty = repetition_penalty
+        self.thinker_sampling = thinker_sampling or SamplingParams()
+        self.talker_sampling = talker_sampling or SamplingParams(repetition_penalty=1.05)
+        self.mtp_sampling = mtp_sampling or SamplingParams()
+        self.seed = seed
+        self.rate = rate or ObservedRate(PriorRate(tc.aria_frames_per_token, tc.aria_default_ratio, language))
         self.timings: dict[str, float] = {}
         self.codes: torch.Tensor | None = None
+        self.state: _Live | None = None
+        self.scheduler: AriaScheduler | FixedRateScheduler | None = None
+        self._cancelled = False
 
-    # ------------------------------------------------------------------ thinker
-    def _run_thinker(self, input_ids: torch.Tensor, thinker_kwargs: dict, position_ids: torch.Tensor | None,
-                     t0: float) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """Greedy thinker; yields (token, embeddings, accept-layer hidden) where the tensors are those of the
-        positions fed at that step (the prompt at step 0, then the previous token)."""
-        lm, layer = self.thinker.lm, self.talker.config.accept_hidden_layer
-        s = input_ids.shape[1]
-        cache = lm.new_cache(1, s + self.thinker_max_new_tokens)
-        embeds, deepstack = self.thinker.embed(input_ids, **thinker_kwargs)
-        self.timings["preprocessing"] = time.perf_counter() - t0
-        logits, out = lm(inputs_embeds=embeds, deepstack=deepstack, position_ids=position_ids, cache=cache,
-                         logits_to_keep=1, output_hidden_states=True)
-        for step in range(self.thinker_max_new_tokens):
-            token = int(logits[0, -1].float().argmax())
-            yield token, out.hidden_states[0], out.hidden_states[layer]
-            if token in self.thinker_eos or step == self.thinker_max_new_tokens - 1:
-                return
-            logits, out = lm(input_ids=torch.tensor([[token]], device=lm.device), cache=cache, logits_to_keep=1,
-                             output_hidden_states=True)
+    @staticmethod
+    def reference_sampling() -> dict[str, SamplingParams]:
+        """The reference generate()'s sampling defaults, as keyword arguments for the constructor."""
+        return dict(talker_sampling=SamplingParams(0.9, 50, 1.0, 1.05),
+                    mtp_sampling=SamplingParams(0.9, 50, 0.8))
 
-    # ------------------------------------------------------------------ talker prompt
-    def _talker_prompt(self, ids: torch.Tensor, embed: torch.Tensor, hidden: torch.Tensor, prompt_len: int,
-                       generated: int):
-        """ids (S+N,), embed/hidden (S+N-1, Ht) -> prefill embeds (L, H), talker ids (L,), trailing text (K, H),
-        tts_pad embedding (H,)."""
-        tk, talker, tc = self.tokens, self.talker, self.talker.config
-        th = self.thinker
-        mm_ids = [i for i in (th.audio_token_id, th.image_token_id, th.video_token_id) if i is not None]
-        prompt = ids[:prompt_len]
-        # user part: tokens whose latest <|im_start|> is followed by `user`
-        pos = torch.arange(prompt_len, device=ids.device)
-        starts = torch.where(prompt == tk.im_start_token_id, pos, torch.full_like(pos, -1))
-        prev = torch.cummax(starts, 0).values.clamp_min(0)
-        role = prompt[(prev + 1).clamp_max(prompt_len - 1)]
-        user = role == tk.user_token_id
-        mm = torch.isin(prompt, torch.tensor(mm_ids, device=ids.device)) if mm_ids else torch.zeros_like(user)
-        user_embeds = torch.where(mm[:, None], talker.hidden_projection(hidden[:prompt_len]),
-                                  talker.text_projection(embed[:prompt_len]))[user]
-        user_ids = prompt[user]
-        # assistant part: from the last <|im_start|>assistant
-        marks = ((prompt[:-1] == tk.im_start_token_id) & (prompt[1:] == tk.assistant_token_id)).nonzero().flatten()
-        if marks.numel() == 0:
-            raise InputError("prompt has no '<|im_start|>assistant' turn for the talker to speak")
-        a = int(marks[-1])
-        special = torch.tensor([tk.tts_bos_token_id, tk.tts_eos_token_id, tk.tts_pad_token_id], device=ids.device)
-        tts_bos, tts_eos, tts_pad = talker.text_projection(th.lm.model.embed_tokens(special))
-        assistant = talker.text_projection(embed[a:])
-        if assistant.shape[0] < 4:
-            raise ValueError("empty reply: the thinker produced no text for the talker to speak "
-                             f"({generated} token(s) generated; at least 2 are needed, the last is never spoken)")
-        text = torch.cat([assistant[:3], tts_pad.expand(4, -1), tts_bos[None], assistant[3:4]])
-        codec_ids = torch.tensor([tc.codec_nothink_id, tc.codec_think_bos_id, tc.codec_think_eos_id,
-                                  self.speaker_code, tc.codec_pad_id, tc.codec_bos_id], device=ids.device)
-        codec = torch.cat([text.new_zeros(3, text.shape[1]), talker.model.embed_tokens(codec_ids)])
-        trailing = torch.cat([assistant[4:], tts_eos[None]])
-        prefill = torch.cat([user_embeds, text + codec])
-        talker_ids = torch.cat([user_ids, torch.full((9,), tk.tts_pad_token_id, device=ids.device)])
-        return prefill, talker_ids, trailing, tts_pad
+    def cancel(self) -> None:
+        """Stop the running stream at its next step (safe from another thread); its state is then released."""
+        self._cancelled = True
 
-    def _talker_positions(self, talker_ids: torch.Tensor, audio_lengths) -> torch.Tensor | None:
-        """Sequential positions (None) for text prompts; TMRoPE over the talker ids for audio prompts."""
-        if audio_lengths is None:
+    # ------------------------------------------------------------------ talker pieces
+    def _positions(self, ids: torch.Tensor, media: dict) -> torch.Tensor | None:
+        """Sequential positions (None) for text prompts; TMRoPE over the talker's ids for multimodal ones."""
+        if all(media.get(k) is None for k in ("audio_lengths", "image_grid_thw", "video_grid_thw")):
             return None
-        from ..positions import TokenIds, omni_position_ids
-
-        th = self.thinker
-        audio_cfg = th.audio_tower.config if th.audio_tower is not None else None
+        th, tc = self.thinker, self.talker.config
         tok = TokenIds(audio_token_id=th.audio_token_id, image_token_id=th.image_token_id or -1,
                        video_token_id=th.video_token_id or -1)
-        pos, _ = omni_position_ids(talker_ids[None], None, tok, audio_lengths=audio_lengths, audio_config=audio_cfg)
+        audio_cfg = th.audio_tower.config if th.audio_tower is not None else None
+        pos, _ = omni_position_ids(
+            ids[None], None, tok, image_grid_thw=media.get("image_grid_thw"), video_grid_thw=media.get("video_grid_thw"),
+            audio_lengths=media.get("audio_lengths"), video_second_per_grid=media.get("video_second_per_grid"),
+            use_audio_in_video=bool(media.get("use_audio_in_video")), spatial_merge_size=tc.spatial_merge_size,
+            position_id_per_seconds=tc.position_id_per_seconds, audio_config=audio_cfg)
         return pos
+
+    def _forward(self, x: torch.Tensor, pos: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Talker step on embeddings x (1, L, H) -> last logits (V,) float, last hidden (1, H)."""
+        cache = self.state.talker_cache
+        if pos is None and cache.length and self._multimodal:
+            pos = cache.next_pos.long().view(1, 1, 1).expand(3, 1, 1)
+        logits, hidden = self.talker(x, pos, cache)
+        return logits[0, -1].float(), hidden[:, -1]
+
+    def _pick(self, logits: torch.Tensor, blocked: torch.Tensor) -> int:
+        """Codebook 0 from the Talker's logits: repetition penalty, then the mask, then greedy or sampling."""
+        params = self.talker_sampling
+        x = apply_repetition_penalty(logits[None], self._seen_codes, params.repetition_penalty)
+        x = x.masked_fill(blocked, float("-inf"))
+        return int(sample(x, replace(params, repetition_penalty=1.0), generator=self.generator)[0])
+
+    def _frame(self, code0: int, hidden: torch.Tensor, t_talk: float) -> AudioChunk:
+        """MTP fills the residual codebooks of the frame, Code2Wav renders it."""
+        t1 = time.perf_counter()
+        c0 = torch.tensor([code0], device=self.talker.device)
+        codes = torch.cat([c0, self.talker.predict_residual(hidden, c0, self.mtp_sampling, self.generator)[0]])
+        t2 = time.perf_counter()
+        self._mtp.append(t2 - t1)
+        if not self._frames:
+            self.timings["talker_first_frame"] = t2 - t_talk
+        self._frames.append(codes)
+        pcm = self.state.code2wav.push(codes[None])[0, 0].float().cpu().numpy()
+        self._c2w.append(time.perf_counter() - t2)
+        self.timings.setdefault("first_audio_packet", time.perf_counter() - self._t0)
+        return AudioChunk(pcm, codes.cpu().numpy(), len(self._frames) - 1)
 
     # ------------------------------------------------------------------ main loop
     @torch.no_grad()
-    def speak(self, input_ids: torch.Tensor, *, audio_features: torch.Tensor | None = None,
-              audio_lengths: torch.Tensor | list[int] | None = None,
-              position_ids: torch.Tensor | None = None) -> Iterator[TextDelta | AudioChunk]:
-        """Yield TextDelta per thinker token, then AudioChunk per talker frame. input_ids (1, S) or (S,).
+    def speak(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor | None = None,
+              audio_features: torch.Tensor | None = None, audio_lengths: torch.Tensor | list[int] | None = None,
+              pixel_values: torch.Tensor | None = None, image_grid_thw: torch.Tensor | None = None,
+              pixel_values_videos: torch.Tensor | None = None, video_grid_thw: torch.Tensor | None = None,
+              video_second_per_grid: torch.Tensor | list[float] | None = None,
+              use_audio_in_video: bool = False) -> Iterator[TextDelta | AudioChunk]:
+        """Yield TextDelta per Thinker token and AudioChunk per Talker frame, interleaved. input_ids (1, S) or (S,).
 
-        Audio prompts pass the thinker's `audio_features`/`audio_lengths` and their 3-row `position_ids`
-        (the talker then uses TMRoPE positions over its own ids); only text prompts are parity-tested so far."""
-        t0 = time.perf_counter()
-        self.timings = {}
-        self.codes = None
+        Multimodal prompts pass the processor's encoder inputs and 3-row `position_ids`; the Talker then places its
+        own prompt with TMRoPE over the same audio lengths and grids."""
+        self._t0 = time.perf_counter()
+        self.timings, self.codes, self._cancelled = {}, None, False
+        self.generator = None
+        if self.seed is not None:
+            self.generator = torch.Generator(device=self.talker.device).manual_seed(self.seed)
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
         if input_ids.shape[0] != 1:
             raise InputError("SpeechSession speaks one prompt at a time (batch 1)")
-        thinker_kwargs = {}
-        if audio_features is not None:
-            thinker_kwargs = dict(audio_features=audio_features, audio_lengths=audio_lengths)
+        embed_kwargs = dict(audio_features=audio_features, audio_lengths=audio_lengths, pixel_values=pixel_values,
+                            image_grid_thw=image_grid_thw, pixel_values_videos=pixel_values_videos,
+                            video_grid_thw=video_grid_thw)
+        media = dict(audio_lengths=audio_lengths, image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw,
+                     video_second_per_grid=video_second_per_grid, use_audio_in_video=use_audio_in_video)
+        self._multimodal = any(media[k] is not None for k in ("audio_lengths", "image_grid_thw", "video_grid_thw"))
+        self._frames, self._mtp, self._c2w = [], [], []
+        try:
+            yield from self._speak(input_ids, embed_kwargs, media, position_ids)
+        finally:
+            self.state = None
+            self.codes = (torch.stack(self._frames, 1) if self._frames
+                          else torch.zeros(self.talker.config.num_code_groups, 0, dtype=torch.long))
+            self.timings["frames"] = float(len(self._frames))
+            if self.scheduler is not None:
+                self.timings["stalls"] = float(self.scheduler.stalls)
+            if self._mtp:
+                self.timings["mtp_per_frame"] = sum(self._mtp) / len(self._mtp)
+                self.timings["code2wav_per_frame"] = sum(self._c2w) / len(self._c2w)
 
-        tokens, embeds, hiddens = [], [], []
-        for token, emb, hid in self._run_thinker(input_ids, thinker_kwargs, position_ids, t0):
-            if not tokens:
-                self.timings["thinker_first_token"] = time.perf_counter() - t0
-            tokens.append(token)
-            embeds.append(emb[0])
-            hiddens.append(hid[0])
-            yield TextDelta(token)
+    def _speak(self, input_ids, embed_kwargs, media, position_ids) -> Iterator[TextDelta | AudioChunk]:
+        run = _ThinkerRun(self, input_ids, embed_kwargs, position_ids)
+        self.state = _Live(run.cache)
+        self.timings["thinker_first_token"] = time.perf_counter() - self._t0
+        yield TextDelta(run.tokens[0])
+        aria = self.talker.config.interleave == "aria"
+        if not aria and run.done:
+            raise ValueError("empty reply: the thinker produced no text for the talker to speak (1 token "
+                             "generated; at least 2 are needed, the last is never spoken)")
         t_talk = time.perf_counter()
-        self.timings["thinker_total"] = t_talk - t0
-        ids = torch.cat([input_ids[0], torch.tensor(tokens, device=input_ids.device)])
-        prefill, talker_ids, trailing, tts_pad = self._talker_prompt(
-            ids, torch.cat(embeds), torch.cat(hiddens), input_ids.shape[1], len(tokens))
-
-        talker, tc = self.talker, self.talker.config
-        vocab = tc.text.vocab_size
-        suppress = torch.zeros(vocab, dtype=torch.bool, device=talker.device)
-        suppress[max(vocab - 1024, 0):] = True
-        suppress[tc.codec_eos_token_id] = False
-        seen = torch.zeros(vocab, dtype=torch.bool, device=talker.device)
+        builder = TalkerPrompt(self.thinker, self.talker, self.tokens)
+        prompt = input_ids[0]
+        a = builder.assistant_start(prompt)
+        opening = run.prompt_embeds[a:a + 3]
+        pieces = [] if self.voice is None else [builder.voice_turn(self.voice)]
+        pieces.append(builder.user_turns(prompt, run.prompt_embeds, run.prompt_hidden))
+        if aria:
+            pieces.append(builder.aria_prefix(opening, self.voice_code))
+        else:
+            pieces.append(builder.fixed_prefix(opening, run.tokens[0], self.voice_code))
+        full = Piece.cat(*pieces)
         m = self.talker_max_new_tokens
-        cache = talker.new_cache(1, prefill.shape[0] + m + 1)
-        pos = self._talker_positions(talker_ids, audio_lengths)
-        logits, hidden = talker(prefill[None], pos, cache)
+        self.state.talker_cache = self.talker.new_cache(1, full.ids.shape[0] + 2 * m + self.thinker_max_new_tokens + 2)
+        self.state.code2wav = Code2WavStream(self.code2wav)
+        vocab = self.talker.config.text.vocab_size
+        self._seen_codes = torch.zeros(1, vocab, dtype=torch.bool, device=self.talker.device)
+        logits, hidden = self._forward(full.embeds[None], self._positions(full.ids, media))
         self.timings["talker_prefill"] = time.perf_counter() - t_talk
-        stream = Code2WavStream(self.code2wav)
-        frames, mtp, c2w = [], [], []
-        for step in range(m):
-            x = logits[0, -1].float()
-            if self.repetition_penalty != 1.0:
-                x = torch.where(seen, torch.where(x > 0, x / self.repetition_penalty, x * self.repetition_penalty), x)
-            code0 = int(x.masked_fill(suppress, float("-inf")).argmax())
-            seen[code0] = True
-            if code0 == tc.codec_eos_token_id or step == m - 1:
-                break  # the reference never predicts residuals for its last sampled code
-            t1 = time.perf_counter()
-            c0 = torch.tensor([code0], device=talker.device)
-            codes = torch.cat([c0, talker.predict_residual(hidden[:, -1], c0)[0]])  # (Q,)
-            t2 = time.perf_counter()
-            mtp.append(t2 - t1)
-            if not frames:
-                self.timings["talker_first_frame"] = t2 - t_talk
-            frames.append(codes)
-            pcm = stream.push(codes[None])[0, 0].float().cpu().numpy()
-            c2w.append(time.perf_counter() - t2)
-            if "first_audio_packet" not in self.timings:
-                self.timings["first_audio_packet"] = time.perf_counter() - t0
-            yield AudioChunk(pcm, codes.cpu().numpy(), len(frames) - 1)
-            nxt = talker.frame_embedding(codes[None])  # (1, H)
-            nxt = nxt + (trailing[step] if step < trailing.shape[0] else tts_pad)
-            step_pos = None
-            if pos is not None:
-                step_pos = (cache.next_pos.long().view(1, 1, 1)).expand(3, 1, 1)
-            logits, hidden = talker(nxt[:, None], step_pos, cache)
-        tail = stream.flush()[0, 0].float().cpu().numpy()
-        if tail.size:
-            yield AudioChunk(tail, np.zeros(0, dtype=np.int64), len(frames) - 1)
-        self.codes = torch.stack(frames, 1) if frames else torch.zeros(tc.num_code_groups, 0, dtype=torch.long)
-        self.timings["frames"] = float(len(frames))
-        if mtp:
-            self.timings["mtp_per_frame"] = sum(mtp) / len(mtp)
-            self.timings["code2wav_per_frame"] = sum(c2w) / len(c2w)
+        loop = self._aria if aria else self._fixed
+        yield from loop(run, builder, logits, hidden, t_talk)
+        while not run.done and not self._cancelled:  # the talker finished first: the text goes on
+            yield TextDelta(run.step())
+        self.timings["thinker_total"] = time.perf_counter() - self._t0
+        if not self._cancelled:
+            tail = self.state.code2wav.flush()[0, 0].float().cpu().numpy()
+            if tail.size:
+                yield AudioChunk(tail, np.zeros(0, dtype=np.int64), len(self._frames) - 1)
+
+    def _advance(self, run: _ThinkerRun, feed) -> Iterator[TextDelta]:
+        """One Thinker step, its token handed to `feed` as it arrives."""
+        if not run.done:
+            token = run.step()
+            yield TextDelta(token)
+            feed(token, run.done)
+
+    def _fixed(self, run, builder, logits, hidden, t_talk) -> Iterator[TextDelta | AudioChunk]:
+        """Fixed-rate loop: each frame's next input is its frame embedding plus one text unit (or tts_pad)."""
+        tc = self.talker.config
+        sched = self.scheduler = FixedRateScheduler(tc.codec_eos_token_id, max_ratio=float(self.talker_max_new_tokens))
+
+        def feed(token, last):
+            sched.push_text(TTS_EOS if last else token)
+            if last:
+                sched.end_text()
+
+        sched.push_text(run.tokens[0])
+        sched.next_input()  # the first reply token is already in the prefill's last slot
+        vocab = tc.text.vocab_size
+        blocked = torch.zeros(vocab, dtype=torch.bool, device=self.talker.device)
+        blocked[max(vocab - 1024, 0):] = True
+        blocked[tc.codec_eos_token_id] = False
+        for step in range(self.talker_max_new_tokens):
+            if self._cancelled:
+                return
+            yield from self._advance(run, feed)
+            code0 = self._pick(logits, blocked)
+            self._seen_codes[0, code0] = True
+            sched.record(code0)
+            if code0 == tc.codec_eos_token_id or step == self.talker_max_new_tokens - 1:
+                return  # the reference never predicts residuals for its last sampled code
+            yield self._frame(code0, hidden, t_talk)
+            while (action := sched.next_input()).act is Act.WAIT:
+                yield from self._advance(run, feed)
+            if action.act is Act.DONE:
+                return
+            text = (builder.tts_pad if action.act is Act.PAD else builder.tts_eos if action.value is TTS_EOS
+                    else builder.text(torch.tensor([action.value]))[0])
+            x = self.talker.frame_embedding(self._frames[-1][None]) + text  # (1, H)
+            logits, hidden = self._forward(x[:, None], None)
+
+    def _aria(self, run, builder, logits, hidden, t_talk) -> Iterator[TextDelta | AudioChunk]:
+        """ARIA loop: the Talker chooses speech, text-slot or EOS each step, within the guard's mask."""
+        tc = self.talker.config
+        sched = self.scheduler = AriaScheduler(self.rate, tc.codec_text_slot_id, tc.codec_eos_token_id,
+                                               margin=4)
+
+        def feed(token, last):
+            sched.push_text(token)
+            if last:
+                sched.end_text()
+
+        feed(run.tokens[0], run.done)
+        k = self.code2wav.config.codebook_size
+        vocab = tc.text.vocab_size
+        steps = 0
+        while steps < self.talker_max_new_tokens and not self._cancelled:
+            yield from self._advance(run, feed)
+            allowed = sched.allowed()
+            blocked = torch.ones(vocab, dtype=torch.bool, device=self.talker.device)
+            blocked[:k] = not allowed.speech
+            blocked[tc.codec_text_slot_id] = not allowed.text_slot
+            blocked[tc.codec_eos_token_id] = not allowed.eos
+            if bool(blocked.all()):
+                return
+            action = sched.next_action(self._pick(logits, blocked))
+            if action.act is Act.WAIT:
+                continue
+            if action.act is Act.DONE:
+                return
+            steps += 1
+            if action.act is Act.SPEECH:
+                self._seen_codes[0, action.value] = True
+                yield self._frame(action.value, hidden, t_talk)
+                x = self.talker.frame_embedding(self._frames[-1][None])  # (1, H)
+            else:
+                x = builder.text(torch.tensor([action.value]))
+            logits, hidden = self._forward(x[:, None], None)
 
     def run(self, input_ids: torch.Tensor, **kwargs) -> SpeechResult:
         """Drain speak(): the thinker tokens, the (Q, T) codes, the concatenated PCM and the timings."""

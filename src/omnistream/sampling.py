@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..thinker import InputError
+from .thinker import InputError
 
 
 @dataclass
