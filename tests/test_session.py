@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from omnistream.audio.code2wav import Code2Wav, Code2WavConfig
-from omnistream.config import AudioConfig, TextConfig, tiny_omni
+from omnistream.config import AudioConfig, TextConfig, VisionConfig, tiny_omni
 from omnistream.engine.session import AudioChunk, SpeechSession, SpeechTokens, TextDelta
 from omnistream.talker import Talker, TalkerConfig, convert_talker_state_dict
 from omnistream.thinker import Thinker
@@ -39,7 +39,7 @@ def hf_omni_config():
     talker = dict(text_config=talker_text, code_predictor_config=cp, num_code_groups=Q, thinker_hidden_size=64,
                   accept_hidden_layer=2, codec_pad_id=1070, codec_bos_id=1071, codec_eos_token_id=1072,
                   codec_nothink_id=1073, codec_think_bos_id=1074, codec_think_eos_id=1075,
-                  speaker_id={"ethan": 1080, "chelsie": 1081}, spatial_merge_size=2,
+                  speaker_id={"ethan": 1080, "chelsie": 1081}, spatial_merge_size=1,
                   audio_token_id=v - 4, image_token_id=v - 3, video_token_id=v - 2, vision_start_token_id=v - 5,
                   audio_start_token_id=v - 1)
     c2w = dict(codebook_size=64, num_quantizers=Q, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -65,8 +65,8 @@ def models():
     cfg = hf.config.to_dict()
     tcfg = cfg["thinker_config"]
     thinker = Thinker(TextConfig.from_hf(tcfg), AudioConfig.from_hf(tcfg), tcfg["audio_token_id"],
-                      image_token_id=tcfg["image_token_id"], video_token_id=tcfg["video_token_id"])
-    load_state_into(thinker, convert_thinker_state_dict(hf.thinker.state_dict(), towers=("audio_tower",)))
+                      VisionConfig.from_hf(tcfg), tcfg["image_token_id"], tcfg["video_token_id"])
+    load_state_into(thinker, convert_thinker_state_dict(hf.thinker.state_dict()))
     talker = Talker(TalkerConfig.from_hf(cfg))
     load_state_into(talker, convert_talker_state_dict(hf.talker.state_dict()), "reference")
     c2w = Code2Wav(Code2WavConfig.from_hf(cfg["code2wav_config"]))
@@ -89,7 +89,7 @@ def session(models, **kw):
     return SpeechSession(thinker, talker, c2w, tokens, **kw)
 
 
-def reference(hf, ids, speaker="Ethan", eos=IDS["im_end_token_id"]):
+def reference(hf, ids, speaker="Ethan", eos=IDS["im_end_token_id"], **media):
     captured = {}
     original = hf.code2wav.chunked_decode
 
@@ -101,7 +101,7 @@ def reference(hf, ids, speaker="Ethan", eos=IDS["im_end_token_id"]):
     try:
         seq, wav = hf.generate(input_ids=ids, return_audio=True, thinker_max_new_tokens=THINKER_TOKENS,
                                thinker_eos_token_id=eos, talker_max_new_tokens=TALKER_TOKENS,
-                               talker_do_sample=False, speaker=speaker)
+                               talker_do_sample=False, speaker=speaker, **media)
     finally:
         del hf.code2wav.chunked_decode
     return seq[0, ids.shape[1]:].tolist(), captured["codes"][0], wav[0, 0]
@@ -123,10 +123,10 @@ def test_matches_reference_generate(models, seed, speaker):
     assert pcm.dtype == np.float32 and pcm.shape == tuple(ref_wav.shape)
     assert np.abs(ref_wav.numpy()).max() > 1e-3
     assert np.abs(pcm - ref_wav.numpy()).max() < 1e-4
-    # every frame yields its own chunk, in order; text comes before audio in this version
+    # every frame yields its own chunk, in order; the talker starts after the thinker's first two tokens
     assert [c.frame for c in chunks if c.codes.size] == list(range(ref_codes.shape[-1]))
     first_audio = next(i for i, e in enumerate(events) if isinstance(e, AudioChunk))
-    assert all(isinstance(e, TextDelta) for e in events[:first_audio])
+    assert first_audio == 2 and len(tokens) > 3, "audio must stream while the thinker is still writing"
     for key in ("preprocessing", "thinker_first_token", "talker_first_frame", "mtp_per_frame",
                 "code2wav_per_frame", "first_audio_packet"):
         assert s.timings[key] >= 0
@@ -188,3 +188,109 @@ def test_matches_reference_when_thinker_and_talker_stop_early(models):
     pcm = np.concatenate([e.pcm for e in events if isinstance(e, AudioChunk)])
     assert pcm.shape == tuple(ref_wav.shape) and np.abs(pcm - ref_wav.numpy()).max() < 1e-4
 
+
+
+def media_prompt(models, kind, seed=3):
+    """A chat prompt whose user turn holds one audio clip or one image, with the thinker's encoder inputs."""
+    _, thinker, _, _, _ = models
+    g = torch.Generator().manual_seed(seed)
+    v = thinker.lm.config.vocab_size
+    if kind == "audio":
+        frames = 173
+        n = thinker.audio_tower.token_counts(torch.tensor([frames])).item()
+        feats = torch.randn(1, thinker.audio_tower.config.num_mel_bins, frames, generator=g)
+        span = [v - 1] + [thinker.audio_token_id] * n + [v - 6]
+        ref = dict(input_features=feats, feature_attention_mask=torch.ones(1, frames, dtype=torch.long))
+        ours = dict(audio_features=feats, audio_lengths=[frames])
+    else:
+        grid = torch.tensor([[1, 4, 6]])
+        pixels = torch.randn(24, 3 * 2 * 2 * 2, generator=g)
+        span = [v - 5] + [thinker.image_token_id] * 24 + [v - 6]
+        ref = ours = dict(pixel_values=pixels, image_grid_thw=grid)
+    user = torch.randint(0, 200, (4,), generator=g).tolist()
+    ids = torch.tensor([[240, 245, NL, 5, 6, 241, NL, 240, 246, NL] + span + user + [241, NL, 240, 247, NL]])
+    return ids, ref, ours
+
+
+@pytest.mark.parametrize("kind", ["audio", "image"])
+def test_multimodal_prompt_matches_reference_generate(models, kind):
+    from omnistream.positions import omni_position_ids
+
+    hf, thinker = models[0], models[1]
+    ids, ref_media, our_media = media_prompt(models, kind)
+    ref_tokens, ref_codes, ref_wav = reference(hf, ids, attention_mask=torch.ones_like(ids), **ref_media)
+    tok = models[2].config.placeholders
+    pos, _ = omni_position_ids(ids, None, tok, audio_lengths=our_media.get("audio_lengths"),
+                               image_grid_thw=our_media.get("image_grid_thw"), spatial_merge_size=1,
+                               position_id_per_seconds=hf.config.thinker_config.position_id_per_seconds,
+                               audio_config=thinker.audio_tower.config)
+    s = session(models)
+    res = s.run(ids, position_ids=pos, **our_media)
+    assert res.tokens == ref_tokens
+    assert ref_codes.shape[-1] >= 2 and torch.equal(res.codes, ref_codes)
+    assert res.pcm.shape == tuple(ref_wav.shape) and np.abs(res.pcm - ref_wav.numpy()).max() < 1e-4
+
+
+def test_closing_the_stream_releases_its_state(models):
+    import gc
+    import weakref
+
+    s = session(models)
+    it = s.speak(prompt(0))
+    for ev in it:
+        if isinstance(ev, AudioChunk):
+            break
+    live = [weakref.ref(x) for x in (s.state.thinker_cache, s.state.talker_cache, s.state.code2wav)]
+    it.close()
+    gc.collect()
+    assert s.state is None and all(r() is None for r in live)
+    assert s.codes.shape == (Q, 1)  # what was spoken before the close is kept
+
+
+def test_cancel_stops_at_the_next_step(models):
+    s = session(models)
+    events = []
+    for ev in s.speak(prompt(0)):
+        events.append(ev)
+        if isinstance(ev, AudioChunk):
+            s.cancel()
+    audio = [e for e in events if isinstance(e, AudioChunk)]
+    assert len(audio) == 1 and s.state is None and s.codes.shape == (Q, 1)
+    full = session(models).run(prompt(0))
+    assert full.codes.shape[1] > 1
+
+
+def test_sampling_is_seeded_and_top_k_one_is_greedy(models):
+    from omnistream.sampling import SamplingParams
+
+    greedy = session(models).run(prompt(0))
+    top1 = session(models, talker_sampling=SamplingParams(1.0, 1, 1.0, 1.05), mtp_sampling=SamplingParams(1.0, 1),
+                   seed=5).run(prompt(0))
+    assert torch.equal(top1.codes, greedy.codes)
+    hot = dict(talker_sampling=SamplingParams(1.5, 0, 1.0, 1.05), mtp_sampling=SamplingParams(1.5), seed=5)
+    a, b = session(models, **hot).run(prompt(0)), session(models, **hot).run(prompt(0))
+    c = session(models, **(hot | {"seed": 6})).run(prompt(0))
+    assert torch.equal(a.codes, b.codes) and a.tokens == greedy.tokens
+    assert not torch.equal(a.codes, c.codes) and not torch.equal(a.codes, greedy.codes)
+
+
+def test_cloned_voice_is_a_talker_system_turn(models):
+    from omnistream.engine.talker_prompt import TalkerPrompt
+    from omnistream.voice import VoicePrompt, VoiceCloneError
+
+    _, thinker, talker, c2w, tokens = models
+    codes = torch.randint(0, 64, (Q, 6), generator=torch.Generator().manual_seed(1))
+    voice = VoicePrompt(codes, description_ids=[17, 18])
+    turn = TalkerPrompt(thinker, talker, tokens).voice_turn(voice)
+    assert turn.ids.tolist() == [240, 245, 17, 18] + [242] * 6 + [241]
+    with torch.no_grad():
+        frames = talker.frame_embedding(codes.T)
+    assert torch.allclose(turn.embeds[4:10], frames)
+    cloned = session(models, voice=voice).run(prompt(0))
+    named = session(models).run(prompt(0))
+    assert cloned.tokens == named.tokens and cloned.codes.shape[0] == Q and cloned.codes.shape[1] >= 1
+    assert not torch.equal(cloned.codes, named.codes[:, :cloned.codes.shape[1]])
+    with pytest.raises(VoiceCloneError, match="3 codebooks per frame but the talker predicts 4"):
+        session(models, voice=VoicePrompt(codes[:3]))
+    with pytest.raises(VoiceCloneError, match="64 entries"):
+        session(models, voice=VoicePrompt(codes + 64))

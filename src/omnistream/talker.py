@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from torch import nn
 from .cache import InferenceCache
 from .config import ConfigError, TextConfig
 from .decoder import Decoder
+from .positions import TokenIds
 from .sampling import SamplingParams, sample
 from .weights import PER_EXPERT, fuse_experts
 
@@ -41,6 +43,7 @@ class TalkerConfig:
     aria_default_ratio: float = 4.0  # ARIA prior (frames per text token) for other languages
     position_id_per_seconds: float = 25  # TMRoPE ticks per second over the talker's prompt (release: 13)
     spatial_merge_size: int = 2
+    placeholders: TokenIds = field(default_factory=TokenIds)  # thinker ids the talker's TMRoPE positions read
 
     def __post_init__(self) -> None:
         problems = []
@@ -86,6 +89,7 @@ class TalkerConfig:
                                    "codec_bos_id", "codec_eos_token_id", "codec_nothink_id", "codec_think_bos_id",
                                    "codec_think_eos_id", "position_id_per_seconds", "spatial_merge_size") if k in cfg},
             speaker_id=dict(cfg.get("speaker_id") or {}),
+            placeholders=TokenIds(**{k: cfg[k] for k in TokenIds.__dataclass_fields__ if cfg.get(k) is not None}),
             **{k: cfg[k] for k in ("interleave", "codec_text_slot_id", "aria_frames_per_token", "aria_default_ratio")
                if cfg.get(k) is not None},
         )
@@ -101,7 +105,8 @@ class TalkerConfig:
             "codec_eos_token_id", "codec_nothink_id", "codec_think_bos_id", "codec_think_eos_id", "interleave",
             "codec_text_slot_id", "aria_default_ratio", "position_id_per_seconds", "spatial_merge_size")}
         out.update(model_type="qwen3_omni_moe_talker", text_config=text, code_predictor_config=cp,
-                   speaker_id=dict(self.speaker_id), aria_frames_per_token=dict(self.aria_frames_per_token))
+                   speaker_id=dict(self.speaker_id), aria_frames_per_token=dict(self.aria_frames_per_token),
+                   **dataclasses.asdict(self.placeholders))
         return out
 
 

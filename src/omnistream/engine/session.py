@@ -33,7 +33,7 @@ import torch
 from ..aria import Act, AriaScheduler, FixedRateScheduler, ObservedRate, PriorRate, RateEstimator
 from ..audio.code2wav import Code2Wav, Code2WavStream
 from ..cache import InferenceCache
-from ..positions import TokenIds, omni_position_ids
+from ..positions import omni_position_ids
 from ..sampling import SamplingParams, apply_repetition_penalty, sample
 from ..talker import Talker
 from ..thinker import InputError, Thinker
@@ -178,11 +178,9 @@ class SpeechSession:
         if all(media.get(k) is None for k in ("audio_lengths", "image_grid_thw", "video_grid_thw")):
             return None
         th, tc = self.thinker, self.talker.config
-        tok = TokenIds(audio_token_id=th.audio_token_id, image_token_id=th.image_token_id or -1,
-                       video_token_id=th.video_token_id or -1)
         audio_cfg = th.audio_tower.config if th.audio_tower is not None else None
         pos, _ = omni_position_ids(
-            ids[None], None, tok, image_grid_thw=media.get("image_grid_thw"), video_grid_thw=media.get("video_grid_thw"),
+            ids[None], None, tc.placeholders, image_grid_thw=media.get("image_grid_thw"), video_grid_thw=media.get("video_grid_thw"),
             audio_lengths=media.get("audio_lengths"), video_second_per_grid=media.get("video_second_per_grid"),
             use_audio_in_video=bool(media.get("use_audio_in_video")), spatial_merge_size=tc.spatial_merge_size,
             position_id_per_seconds=tc.position_id_per_seconds, audio_config=audio_cfg)
