@@ -135,6 +135,10 @@ class SpeechSession:
         if tc.num_code_groups != code2wav.config.num_quantizers:
             raise ValueError(f"talker makes {tc.num_code_groups} codebooks per frame but code2wav expects "
                              f"{code2wav.config.num_quantizers}")
+        k = code2wav.config.codebook_size
+        if tc.interleave == "aria" and min(tc.codec_text_slot_id, tc.codec_eos_token_id) < k:
+            raise ValueError(f"ARIA text-slot {tc.codec_text_slot_id} and speech-EOS {tc.codec_eos_token_id} must lie "
+                             f"outside the speech codes [0, {k})")
         if voice is not None:
             check_voice_prompt(voice, tc.num_code_groups, code2wav.config.codebook_size)
             self.voice_code = tc.codec_pad_id
