@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from audio_fixtures import espeak_speech
 from tokenizer_fixture import build_tokenizer
 
 from omnistream import cli
@@ -40,6 +41,9 @@ def saved(tmp_path_factory):
     cfg.assistant_token_id = tok.encode("<|im_start|>assistant\n")[1]
     cfg.system_token_id = tok.encode("<|im_start|>system\n")[1]
     cfg.tts_pad_token_id, cfg.tts_bos_token_id, cfg.tts_eos_token_id = VOCAB - 3, VOCAB - 2, VOCAB - 1
+    for part in (cfg.thinker_config, cfg.talker_config):  # the tokenizer's own audio markers
+        part.audio_token_id = tok.token_to_id("<|audio_pad|>")
+        part.audio_start_token_id = tok.token_to_id("<|audio_start|>")
     torch.manual_seed(0)
     hf = om.Qwen3OmniMoeForConditionalGeneration(cfg)
     randomize(hf, seed=11)
@@ -116,9 +120,74 @@ def test_text_only_checkpoint_cannot_speak(saved, tmp_path, capsys):
     assert e.value.code == 2 and "cannot speak" in capsys.readouterr().err
 
 
-def test_cli_speak_rejects_media(saved, tmp_path, capsys):
+def _run(argv, capsys):
+    """cli.main's exit status and stderr."""
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def test_cli_speaks_about_an_audio_prompt(saved, tmp_path, capsys, speech_wav):
     _, directory, _ = saved
-    with pytest.raises(SystemExit) as e:
-        cli.main(["generate", "--checkpoint", str(directory), "--prompt", "Hi", "--speak", str(tmp_path / "x.wav"),
-                  "--audio", str(tmp_path / "a.wav")])
-    assert e.value.code == 2 and "--speak" in capsys.readouterr().err
+    out = tmp_path / "a.wav"
+    code, err = _run(["generate", "--checkpoint", str(directory), "--prompt", "What was said?", "--audio",
+                      str(speech_wav), "--speak", str(out), "--max-new-tokens", "5", "--max-audio-frames", "6"], capsys)
+    assert code == 0, err
+    pcm, rate = sf.read(out, dtype="float32")
+    frames = int(next(line for line in err.splitlines() if line.startswith("audio")).split()[1])
+    assert rate == 24000 and frames >= 1 and pcm.size == load_omni(directory)[2].config.num_samples(frames)
+
+
+@pytest.fixture(scope="module")
+def with_codec(saved, tmp_path_factory):
+    """The saved checkpoint plus a random audio tokenizer whose codes the tiny Code2Wav consumes."""
+    from omnistream.audio.codec import AudioTokenizer, CodecConfig
+    from omnistream.voice import save_audio_tokenizer
+
+    _, directory, _ = saved
+    other = tmp_path_factory.mktemp("with_codec")
+    for f in directory.iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    torch.manual_seed(3)
+    codec = AudioTokenizer(CodecConfig(num_quantizers=4, codebook_size=64, codebook_dim=16, n_mels=40, mel_width=32,
+                                       width=32, mel_layers=1, frame_layers=1, decoder_width=32), decoder=False)
+    save_audio_tokenizer(codec, other)
+    return other
+
+
+def test_cli_voice_clone_speaks_and_bad_clips_are_explained(saved, with_codec, tmp_path, capsys, speech_wav):
+    _, plain, _ = saved
+    base = ["generate", "--checkpoint", str(with_codec), "--prompt", "Hi", "--max-new-tokens", "5",
+            "--max-audio-frames", "6"]
+    out = tmp_path / "clone.wav"
+    code, err = _run(base + ["--speak", str(out), "--voice-clone", str(speech_wav), "--voice-description",
+                             "a calm voice"], capsys)
+    assert code == 0, err
+    assert sf.read(out)[0].size > 0
+    short = tmp_path / "short.wav"
+    sf.write(short, sf.read(speech_wav, dtype="float32")[0][:4000], sf.info(speech_wav).samplerate)
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00garbage")
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    cases = [(short, "at least 1.0 s"), (corrupt, "corrupt.wav"), (empty, "empty.wav")]
+    for clip, message in cases:
+        target = tmp_path / f"never-{clip.stem}.wav"
+        code, err = _run(base + ["--speak", str(target), "--voice-clone", str(clip)], capsys)
+        assert code == 2 and message in err and not target.exists(), err
+    code, err = _run(["generate", "--checkpoint", str(plain), "--prompt", "Hi", "--speak", str(tmp_path / "n.wav"),
+                      "--voice-clone", str(speech_wav)], capsys)
+    assert code == 2 and "no audio tokenizer" in err
+    code, err = _run(base + ["--speak", str(tmp_path / "n.wav"), "--voice-clone", str(speech_wav), "--voice",
+                             "ethan"], capsys)
+    assert code == 2 and "cannot be used together" in err
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory):
+    """About 2.5 s of espeak-ng speech written as a 22050 Hz wav."""
+    path = tmp_path_factory.mktemp("speech") / "speech.wav"
+    sf.write(path, espeak_speech("The quick brown fox jumps over the lazy dog.", sample_rate=22050), 22050)
+    return path

@@ -17,6 +17,7 @@ from .processor import Processor, StreamDecoder, Tokenizer, TokenizerError
 from .positions import PositionError
 from .thinker import InputError
 from .vision.preprocess import VisionInputError
+from .voice import VoiceCloneError
 from .weights import CheckpointError, load_omni, load_omni_thinker, load_thinker
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -56,10 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--compile", action="store_true",
                      help="torch.compile the decode step: faster tokens after a one-off compile of tens of seconds")
     gen.add_argument("--speak", metavar="FILE",
-                     help="also speak the reply (full Qwen3-Omni checkpoint with talker and code2wav): write a 24 kHz "
-                          "wav and a per-stage timing table on stderr; text prompts only, greedy decoding")
+                     help="also speak the reply (a checkpoint with talker and code2wav): stream it while the text is "
+                          "written, write a 24 kHz wav and a per-stage timing table on stderr")
     gen.add_argument("--voice", metavar="NAME",
                      help="speaker of --speak (default: ethan when the checkpoint has it, else its first speaker)")
+    gen.add_argument("--voice-clone", metavar="FILE",
+                     help="speak in the voice of this reference clip (1-30 s of speech); needs a checkpoint with an "
+                          "audio tokenizer (codec encoder)")
+    gen.add_argument("--voice-description", metavar="TEXT", help="a text description of the --voice-clone voice")
+    gen.add_argument("--talker-sample", action="store_true",
+                     help="sample speech codes with the reference's settings (temperature 0.9, top-k 50; residual "
+                          "codebooks top-p 0.8) instead of greedily; --seed seeds it")
+    gen.add_argument("--language", metavar="CODE",
+                     help="language of the reply for an ARIA talker's frames-per-token prior (e.g. en, zh)")
     gen.add_argument("--max-audio-frames", type=int, default=4096, metavar="N",
                      help="most codec frames (12.5 per second of speech) --speak generates")
     gen.set_defaults(run=run_generate)
@@ -82,9 +92,37 @@ def _position_id_per_seconds(checkpoint: str) -> float:
     return float(raw.get("thinker_config", raw).get("position_id_per_seconds", 13))
 
 
+def _check_media(args: argparse.Namespace, thinker) -> None:
+    """Refuse media the checkpoint has no encoder for."""
+    if (args.image or args.video) and thinker.visual is None:
+        raise InputError(f"{args.checkpoint} has no vision encoder (vision_config), so --image and --video "
+                         f"cannot be used")
+    if (args.audio or args.use_audio_in_video) and thinker.audio_tower is None:
+        raise InputError(f"{args.checkpoint} has no audio encoder (audio_config), so --audio and "
+                         f"--use-audio-in-video cannot be used")
+
+
+def _media_prompt(args: argparse.Namespace, thinker, tokenizer: Tokenizer) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    """Processor output on the model's device: input_ids (1, S), the encoders' inputs, position_ids (or None)."""
+    lm = thinker.lm
+    audio_cfg = None if thinker.audio_tower is None else thinker.audio_tower.config
+    vision_cfg = None if thinker.visual is None else thinker.visual.config
+    prompt = Processor(tokenizer, audio_cfg, vision_config=vision_cfg,
+                       position_id_per_seconds=_position_id_per_seconds(args.checkpoint))(_messages(args))
+
+    def move(x, cast=False):
+        return None if x is None else x.to(lm.device, lm.dtype) if cast else x.to(lm.device)
+
+    media = dict(audio_features=move(prompt.audio_features, True), audio_lengths=prompt.audio_lengths or None,
+                 pixel_values=move(prompt.pixel_values, True), image_grid_thw=move(prompt.image_grid_thw),
+                 pixel_values_videos=move(prompt.pixel_values_videos, True), video_grid_thw=move(prompt.video_grid_thw),
+                 video_second_per_grid=prompt.video_second_per_grid or None,
+                 use_audio_in_video=prompt.use_audio_in_video)
+    return move(prompt.input_ids), media, move(prompt.position_ids)
+
+
 def run_generate(args: argparse.Namespace) -> None:
     """Load the checkpoint, stream the reply to stdout and a timing line to stderr."""
-    sampling = SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.seed)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: CUDA is not available on this machine")
     media = args.audio or args.image or args.video
@@ -94,39 +132,22 @@ def run_generate(args: argparse.Namespace) -> None:
         raise InputError("--use-audio-in-video needs at least one --video")
     if not args.prompt.strip():
         raise InputError("--prompt is empty")
+    sampling = SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.seed)
     if args.speak is not None:
-        run_speak(args)
+        run_speak(args, sampling)
         return
     tokenizer = Tokenizer(args.checkpoint)
     embeds = deepstack = positions = None
     if media:
         thinker = load_omni_thinker(args.checkpoint, DTYPES[args.dtype], args.device)
-        if (args.image or args.video) and thinker.visual is None:
-            raise InputError(f"{args.checkpoint} has no vision encoder (vision_config), so --image and --video "
-                             f"cannot be used")
-        if (args.audio or args.use_audio_in_video) and thinker.audio_tower is None:
-            raise InputError(f"{args.checkpoint} has no audio encoder (audio_config), so --audio and "
-                             f"--use-audio-in-video cannot be used")
+        _check_media(args, thinker)
         model = thinker.lm
         start = time.perf_counter()
-        audio_cfg = None if thinker.audio_tower is None else thinker.audio_tower.config
-        vision_cfg = None if thinker.visual is None else thinker.visual.config
-        prompt = Processor(tokenizer, audio_cfg, vision_config=vision_cfg,
-                           position_id_per_seconds=_position_id_per_seconds(args.checkpoint))(_messages(args))
-        input_ids = prompt.input_ids.to(model.device)  # (1, S)
-
-        def to_model(x):
-            return None if x is None else x.to(model.device, model.dtype)
-
-        def to_device(x):
-            return None if x is None else x.to(model.device)
-
+        input_ids, inputs, positions = _media_prompt(args, thinker, tokenizer)
         with torch.no_grad():
-            embeds, deepstack = thinker.embed(input_ids, to_model(prompt.audio_features), prompt.audio_lengths,
-                                              to_model(prompt.pixel_values), to_device(prompt.image_grid_thw),
-                                              to_model(prompt.pixel_values_videos),
-                                              to_device(prompt.video_grid_thw))  # (1, S, H)
-        positions = to_device(prompt.position_ids)
+            embeds, deepstack = thinker.embed(input_ids, **{k: inputs[k] for k in (
+                "audio_features", "audio_lengths", "pixel_values", "image_grid_thw", "pixel_values_videos",
+                "video_grid_thw")})  # (1, S, H)
     else:
         model, _ = load_thinker(args.checkpoint, DTYPES[args.dtype], args.device)
         start = time.perf_counter()
@@ -174,39 +195,55 @@ def _voice(checkpoint: str, voice: str | None) -> str:
     return voice
 
 
-def run_speak(args: argparse.Namespace) -> None:
+def _cloned_voice(args: argparse.Namespace, tokenizer: Tokenizer):
+    """The --voice-clone clip as a voice prompt, encoded by the checkpoint's audio tokenizer (always fp32)."""
+    from .voice import encode_voice_clip, load_audio_tokenizer
+
+    codec = load_audio_tokenizer(args.checkpoint, device=args.device)
+    description = tokenizer.encode(args.voice_description) if args.voice_description else []
+    return encode_voice_clip(args.voice_clone, codec, description_ids=description)
+
+
+def run_speak(args: argparse.Namespace, sampling: SamplingParams) -> None:
     """--speak: stream the reply's text to stdout, write its speech to a 24 kHz wav, print stage timings."""
     import numpy as np
     import soundfile as sf
 
     from .engine.session import SAMPLE_RATE, AudioChunk, SpeechSession, TextDelta
 
-    if args.audio or args.image or args.video:
-        raise InputError("--speak takes text prompts only for now; --audio, --image and --video cannot be used with it")
-    if args.temperature != 0.0 or args.top_k or args.top_p != 1.0 or args.repetition_penalty != 1.0:
-        raise InputError("--speak decodes greedily; --temperature, --top-k, --top-p and --repetition-penalty "
-                         "cannot be used with it")
-    if args.compile:
-        raise InputError("--compile is not supported with --speak yet")
     if args.max_new_tokens < 1 or args.max_audio_frames < 1:
         raise InputError("--max-new-tokens and --max-audio-frames must be at least 1")
-    voice = _voice(args.checkpoint, args.voice)
+    if args.voice and args.voice_clone:
+        raise InputError("--voice and --voice-clone cannot be used together")
+    if args.voice_description and not args.voice_clone:
+        raise InputError("--voice-description describes a --voice-clone clip; give the clip too")
+    voice = None if args.voice_clone else _voice(args.checkpoint, args.voice)
     tokenizer = Tokenizer(args.checkpoint)
+    cloned = _cloned_voice(args, tokenizer) if args.voice_clone else None
     thinker, talker, code2wav, tokens = load_omni(args.checkpoint, DTYPES[args.dtype], args.device)
+    _check_media(args, thinker)
     start = time.perf_counter()
-    ids = tokenizer.encode(args.prompt) if args.raw else tokenizer.encode_chat(_messages(args))
-    input_ids = torch.tensor([ids], dtype=torch.long, device=thinker.lm.device)  # (1, S)
+    media, positions = {}, None
+    if args.audio or args.image or args.video:
+        input_ids, media, positions = _media_prompt(args, thinker, tokenizer)
+    else:
+        ids = tokenizer.encode(args.prompt) if args.raw else tokenizer.encode_chat(_messages(args))
+        input_ids = torch.tensor([ids], dtype=torch.long, device=thinker.lm.device)  # (1, S)
+    if args.compile:
+        thinker.lm.compile_decode()
     stops = tokenizer.eos_ids + [t for t in thinker.lm.config.eos_token_ids if t not in tokenizer.eos_ids]
+    talker_sampling = SpeechSession.reference_sampling() if args.talker_sample else {}
     try:
-        session = SpeechSession(thinker, talker, code2wav, tokens, speaker=voice, thinker_eos_token_id=stops,
-                                thinker_max_new_tokens=args.max_new_tokens,
-                                talker_max_new_tokens=args.max_audio_frames + 1)
+        session = SpeechSession(thinker, talker, code2wav, tokens, speaker=voice, voice=cloned,
+                                thinker_eos_token_id=stops, thinker_max_new_tokens=args.max_new_tokens,
+                                talker_max_new_tokens=args.max_audio_frames + 1, thinker_sampling=sampling,
+                                seed=args.seed, language=args.language, **talker_sampling)
     except ValueError as e:
         raise InputError(str(e)) from None
     decoder = StreamDecoder(tokenizer)
     pcm, n_text = [], 0
     try:
-        for event in session.speak(input_ids):
+        for event in session.speak(input_ids, position_ids=positions, **media):
             if isinstance(event, TextDelta):
                 n_text += 1
                 sys.stdout.write(decoder.push(event.token_id))
@@ -229,11 +266,11 @@ def run_speak(args: argparse.Namespace) -> None:
 
     rtf = f"{(end - start) / seconds:10.3f}" if seconds else "       n/a"
     rows = [("preprocessing", ms("preprocessing")), ("thinker first token", ms("thinker_first_token")),
-            ("talker first frame", ms("talker_first_frame")), ("MTP per frame", ms("mtp_per_frame")),
+            ("talker prefill", ms("talker_prefill")), ("talker first frame", ms("talker_first_frame")), ("MTP per frame", ms("mtp_per_frame")),
             ("Code2Wav per frame", ms("code2wav_per_frame")), ("first audio packet", ms("first_audio_packet")),
             ("RTF", rtf + "    (processing / audio duration)")]
-    print(f"audio {frames} frames, {seconds:.2f} s at {SAMPLE_RATE} Hz -> {args.speak}; {n_text} text tokens",
-          file=sys.stderr)
+    print(f"audio {frames} frames, {seconds:.2f} s at {SAMPLE_RATE} Hz -> {args.speak}; {n_text} text tokens; "
+          f"{int(t.get('stalls', 0))} talker steps waited for text", file=sys.stderr)
     for name, value in rows:
         print(f"  {name:<20} {value}", file=sys.stderr)
 
@@ -244,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.run(args)
     except (ConfigError, CheckpointError, InputError, TokenizerError, AudioError, VisionInputError,
-            PositionError) as e:
+            PositionError, VoiceCloneError) as e:
         print(f"omnistream: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     return 0
