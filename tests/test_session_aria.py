@@ -103,3 +103,11 @@ def test_bad_aria_ids_are_refused(models):
     talker = Talker(talker_config(codec_text_slot_id=3))
     with pytest.raises(ValueError, match=r"outside the speech codes \[0, 64\)"):
         SpeechSession(thinker, talker, c2w, TOKENS, speaker="anna")
+
+
+def test_an_empty_reply_is_an_error(models):
+    thinker = models[0]
+    with torch.no_grad():
+        first = int(thinker.lm(prompt())[0][0, -1].argmax())
+    with pytest.raises(ValueError, match="empty reply"):
+        speak(models, thinker_eos_token_id=first)

@@ -185,6 +185,21 @@ def test_cli_voice_clone_speaks_and_bad_clips_are_explained(saved, with_codec, t
     assert code == 2 and "cannot be used together" in err
 
 
+def test_role_ids_must_match_the_tokenizer(saved, tmp_path, capsys):
+    _, directory, tok = saved
+    other = tmp_path / "roles"
+    other.mkdir()
+    for f in directory.iterdir():
+        if f.name != "config.json":
+            (other / f.name).symlink_to(f)
+    raw = json.loads((directory / "config.json").read_text())
+    raw["user_token_id"] = raw["user_token_id"] + 1
+    (other / "config.json").write_text(json.dumps(raw))
+    code, err = _run(["generate", "--checkpoint", str(other), "--prompt", "Hi", "--speak", str(tmp_path / "x.wav")],
+                     capsys)
+    assert code == 2 and "user_token_id" in err and "could not find the user turns" in err
+
+
 @pytest.fixture(scope="module")
 def speech_wav(tmp_path_factory):
     """About 2.5 s of espeak-ng speech written as a 22050 Hz wav."""

@@ -204,6 +204,15 @@ def _cloned_voice(args: argparse.Namespace, tokenizer: Tokenizer):
     return encode_voice_clip(args.voice_clone, codec, description_ids=description)
 
 
+def _check_roles(tokenizer: Tokenizer, tokens) -> None:
+    """The config's role ids must be how the tokenizer writes them, or the talker would miss the user's turns."""
+    for role, expected in (("user", tokens.user_token_id), ("assistant", tokens.assistant_token_id)):
+        got = tokenizer.encode(f"<|im_start|>{role}\n")[1:-1]
+        if got[:1] != [expected]:
+            raise ConfigError(f"config.json gives {role}_token_id {expected}, but the tokenizer writes "
+                              f"'<|im_start|>{role}' with ids {got}: the talker could not find the {role} turns")
+
+
 def run_speak(args: argparse.Namespace, sampling: SamplingParams) -> None:
     """--speak: stream the reply's text to stdout, write its speech to a 24 kHz wav, print stage timings."""
     import numpy as np
@@ -221,6 +230,7 @@ def run_speak(args: argparse.Namespace, sampling: SamplingParams) -> None:
     tokenizer = Tokenizer(args.checkpoint)
     cloned = _cloned_voice(args, tokenizer) if args.voice_clone else None
     thinker, talker, code2wav, tokens = load_omni(args.checkpoint, DTYPES[args.dtype], args.device)
+    _check_roles(tokenizer, tokens)
     _check_media(args, thinker)
     start = time.perf_counter()
     media, positions = {}, None

@@ -267,9 +267,10 @@ class SpeechSession:
         self.timings["thinker_first_token"] = time.perf_counter() - self._t0
         yield TextDelta(run.tokens[0])
         aria = self.talker.config.interleave == "aria"
-        if not aria and run.done:
+        if run.done and (not aria or run.tokens[0] in self.thinker_eos):
             raise ValueError("empty reply: the thinker produced no text for the talker to speak (1 token "
-                             "generated; at least 2 are needed, the last is never spoken)")
+                             "generated; " + ("it ends the reply)" if aria else
+                                              "at least 2 are needed, the last is never spoken)"))
         t_talk = time.perf_counter()
         builder = TalkerPrompt(self.thinker, self.talker, self.tokens)
         prompt = input_ids[0]
