@@ -1,15 +1,23 @@
 """Code2Wav: RVQ codec frames (B, Q, T) at 12.5 Hz -> 24 kHz waveform, offline and frame-by-frame streaming.
 
 Pipeline (Qwen3-Omni `Qwen3OmniMoeCode2Wav`): mean of the Q code embeddings -> causal sliding-window
-transformer (72 frames) -> 2 x (transposed conv x2 + causal ConvNeXt) -> causal conv -> 4 decoder blocks
-(SnakeBeta, transposed conv x r, 3 dilated residual units) -> SnakeBeta -> causal conv -> clamp [-1, 1].
+transformer (72 frames) -> per upsampling ratio f (transposed conv xf + causal ConvNeXt) -> head. Two heads
+(`Code2WavConfig.head`):
+- "conv" (the reference decoder, Qwen3-Omni layout): causal conv -> 4 decoder blocks (SnakeBeta, transposed
+  conv x r, 3 dilated residual units) -> SnakeBeta -> causal conv.
+- "istft" (Vocos-style, trains fast on CPU): causal conv k=7 -> LayerNorm -> causal ConvNeXt blocks ->
+  LayerNorm -> Linear to log-magnitude and phase of n_fft // 2 + 1 bins -> causal inverse STFT.
+Either way the waveform is clamped to [-1, 1].
 
-Everything is causal except the decoder's transposed convs (kernel 2r, stride r, r samples trimmed at both
-ends): each of their outputs also reads the NEXT input sample. T frames therefore give
-total_upsample * T - latency samples (1920 T - 555 for the release config), and those samples never change
-when more frames arrive. The stream emits exactly them after each push: 1365 samples after the first
-frame, then 1920 per frame, with the last `latency_samples` (555 = 23.1 ms at 24 kHz) of each frame's
-1920-sample span held until the next frame arrives. Nothing is pending at the end, so flush() is empty.
+Everything is causal except what the head holds back. Conv head: its transposed convs (kernel 2r, stride r,
+r samples trimmed at both ends) each read the NEXT input sample, so T frames give 1920 T - 555 final samples
+(release config). iSTFT head: head frame j (one per hop h of the post-upsampling stack) is the windowed
+inverse FFT of n_fft samples ENDING at its own hop, [(j + 1) h - n_fft, (j + 1) h), overlap-added; a sample
+is final once the last frame overlapping it exists, so T frames give total_upsample * T - (n_fft - h)
+samples (1920 T - 720 for n_fft 960, hop 240), and samples before 0 are dropped. `num_samples(T)` gives the
+count for either head; those samples never change when more frames arrive, and the stream emits exactly them
+after each push (the last `latency_samples` of each frame's span wait for the next frame: 555 = 23.1 ms for
+the conv head, n_fft - h = 30 ms for the iSTFT head). Nothing is pending at the end, so flush() is empty.
 """
 
 from __future__ import annotations
@@ -21,9 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ConfigError
 from ..modules.mlp import MLP
 from ..modules.norm import RMSNorm
 from ..modules.rope import MultimodalRotary, apply_rotary
+
+
+HEADS = ("conv", "istft")
 
 
 @dataclass
@@ -45,6 +57,27 @@ class Code2WavConfig:
     upsampling_ratios: tuple[int, ...] = (2, 2)
     upsample_rates: tuple[int, ...] = (8, 5, 4, 3)
     decoder_dim: int = 1536
+    head: str = "conv"  # "conv": reference SnakeBeta decoder; "istft": Vocos-style ConvNeXt + inverse STFT
+    istft_n_fft: int = 960  # iSTFT window (Hann, periodic); a multiple of istft_hop, at least 2 hops
+    istft_hop: int = 240  # samples per head frame: total_upsample = prod(upsampling_ratios) * istft_hop
+    istft_dim: int = 256  # ConvNeXt width at the post-upsampling rate
+    istft_layers: int = 2  # ConvNeXt blocks
+
+    def __post_init__(self):
+        if self.head not in HEADS:
+            raise ConfigError(f"Code2Wav head must be one of {HEADS}, got {self.head!r}")
+        if self.head == "istft" and (self.istft_hop < 1 or self.istft_n_fft % self.istft_hop
+                                     or self.istft_n_fft < 2 * self.istft_hop):
+            raise ConfigError(f"istft_n_fft ({self.istft_n_fft}) must be a multiple of istft_hop "
+                              f"({self.istft_hop}) and at least twice it")
+
+    @classmethod
+    def istft_demo(cls, **kw) -> Code2WavConfig:
+        """~3.7M-parameter iSTFT-head config for CPU training: 8 x 1024 codes at 12.5 Hz -> 24 kHz via 100 Hz frames."""
+        demo = dict(codebook_size=1024, num_quantizers=8, hidden_size=192, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=4, intermediate_size=384, upsampling_ratios=(2, 4),
+                    head="istft", istft_n_fft=960, istft_hop=240, istft_dim=128, istft_layers=2)
+        return cls(**(demo | kw))
 
     @classmethod
     def from_hf(cls, d: dict) -> Code2WavConfig:
@@ -65,10 +98,14 @@ class Code2WavConfig:
     @property
     def total_upsample(self) -> int:
         """Waveform samples per code frame (1920)."""
-        return math.prod(self.upsampling_ratios) * math.prod(self.upsample_rates)
+        head = self.istft_hop if self.head == "istft" else math.prod(self.upsample_rates)
+        return math.prod(self.upsampling_ratios) * head
 
     def num_samples(self, frames: int) -> int:
-        """Offline output length for `frames` code frames (1920 T - 555 for the release config)."""
+        """Offline output length for T = `frames` code frames: 1920 T - 555 for the release conv head,
+        max(total_upsample T - (istft_n_fft - istft_hop), 0) for the iSTFT head."""
+        if self.head == "istft":
+            return max(frames * self.total_upsample - (self.istft_n_fft - self.istft_hop), 0)
         n = frames * math.prod(self.upsampling_ratios)
         for r in self.upsample_rates:
             n = max(n - 1, 0) * r
@@ -82,7 +119,7 @@ class Code2WavConfig:
 
 @dataclass
 class Code2WavState:
-    """Streaming state: frames seen so far and each module's left context (conv tails, KV windows)."""
+    """Streaming state: frames seen so far and each module's left context (conv tails, KV windows, iSTFT overlap)."""
 
     frames: int = 0
     context: dict[nn.Module, object] = field(default_factory=dict)
@@ -152,14 +189,14 @@ class SnakeBeta(nn.Module):
 class ConvNeXtBlock(nn.Module):
     """Causal depthwise conv k=7 -> LayerNorm -> Linear 4x -> GELU -> Linear -> gamma, residual."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, layer_scale: float = 1e-6):
         super().__init__()
         self.dwconv = CausalConv(dim, dim, 7, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.pwconv1 = nn.Linear(dim, 4 * dim)
         self.act = nn.GELU()
         self.pwconv2 = nn.Linear(4 * dim, dim)
-        self.gamma = nn.Parameter(torch.full((dim,), 1e-6))
+        self.gamma = nn.Parameter(torch.full((dim,), layer_scale))
 
     def forward(self, x: torch.Tensor, state: Code2WavState | None = None) -> torch.Tensor:
         h = self.dwconv(x, state).transpose(1, 2)  # (B, T, C)
@@ -278,13 +315,67 @@ class DecoderBlock(nn.Module):
         return x
 
 
+class ISTFTHead(nn.Module):
+    """Vocos-style causal head: (B, hidden, M) at the post-upsampling rate -> (B, 1, samples) by causal iSTFT.
+
+    Head frame j's spectrum (magnitude exp(a) clipped at 100, phase p) is inverse-FFT'd to n_fft samples,
+    multiplied by the synthesis window w / env and added at [(j + 1) hop - n_fft, (j + 1) hop). w is the
+    periodic Hann window and env[n] = sum_k w[(n + k hop) mod n_fft]^2 its steady-state squared-window sum
+    (1.5 for n_fft = 4 hop), a fixed normalisation: if spectrum j is the rfft of w times a signal over frame
+    j's span, the overlap-add returns that signal.
+    Every emitted sample has its full overlap, so offline and streaming agree exactly.
+    """
+
+    def __init__(self, c: Code2WavConfig):
+        super().__init__()
+        self.n_fft, self.hop = c.istft_n_fft, c.istft_hop
+        self.embed = CausalConv(c.hidden_size, c.istft_dim, 7)
+        self.norm = nn.LayerNorm(c.istft_dim, eps=1e-6)
+        self.blocks = nn.ModuleList(ConvNeXtBlock(c.istft_dim, 1 / max(c.istft_layers, 1))
+                                    for _ in range(c.istft_layers))
+        self.final_norm = nn.LayerNorm(c.istft_dim, eps=1e-6)
+        self.out = nn.Linear(c.istft_dim, 2 * (c.istft_n_fft // 2 + 1))
+        self.register_buffer("window", torch.empty(c.istft_n_fft), persistent=False)
+        self.init_buffers()
+
+    def init_buffers(self) -> None:
+        """(Re)compute the synthesis window w / env (n_fft,) in fp32."""
+        w = torch.hann_window(self.n_fft, device=self.window.device)
+        env = w.pow(2).view(-1, self.hop).sum(0)  # (hop,), steady-state sum of squared windows
+        self.window = w / env.repeat(self.n_fft // self.hop)
+
+    def forward(self, x: torch.Tensor, state: Code2WavState | None = None) -> torch.Tensor:
+        h = self.norm(self.embed(x, state).transpose(1, 2)).transpose(1, 2)  # (B, dim, M)
+        for block in self.blocks:
+            h = block(h, state)
+        h = self.out(self.final_norm(h.transpose(1, 2))).float()  # (B, M, 2 bins)
+        mag, phase = h.chunk(2, dim=-1)  # (B, M, bins)
+        mag = mag.exp().clamp(max=1e2)
+        return self.synthesize(torch.complex(mag * phase.cos(), mag * phase.sin()), state).to(x.dtype)
+
+    def synthesize(self, spec: torch.Tensor, state: Code2WavState | None = None) -> torch.Tensor:
+        """Complex spectra (B, M, n_fft // 2 + 1) -> the samples they make final (B, 1, n), by overlap-add."""
+        frames = torch.fft.irfft(spec, n=self.n_fft) * self.window  # (B, M, n_fft)
+        B, M, _ = frames.shape
+        total = (M - 1) * self.hop + self.n_fft  # positions [hop - n_fft, M hop) past the stream's start
+        y = F.fold(frames.transpose(1, 2), (1, total), (1, self.n_fft), stride=(1, self.hop)).view(B, total)
+        pending = self.n_fft - self.hop  # later frames still overlap the last `pending` positions
+        if state is None:  # stream start: drop the positions before 0
+            return y[:, pending : M * self.hop].unsqueeze(1)
+        tail, skip = state.context.get(self, (y.new_zeros(B, pending), pending))
+        y = torch.cat([y[:, :pending] + tail, y[:, pending:]], dim=-1)  # (B, M hop + pending)
+        state.context[self] = (y[:, M * self.hop :], max(skip - M * self.hop, 0))
+        return y[:, min(skip, M * self.hop) : M * self.hop].unsqueeze(1)  # (B, 1, final)
+
+
 class Code2Wav(nn.Module):
-    """Codes (B, Q, T) -> waveform (B, 1, 1920 T - 555); state_dict names match HF Qwen3OmniMoeCode2Wav."""
+    """Codes (B, Q, T) -> waveform (B, 1, num_samples(T)); conv head: state_dict names match HF
+    Qwen3OmniMoeCode2Wav; istft head: `head.*` replaces `decoder.*`."""
 
     def __init__(self, config: Code2WavConfig):
         super().__init__()
         c = self.config = config
-        if c.decoder_dim % 2 ** len(c.upsample_rates):
+        if c.head == "conv" and c.decoder_dim % 2 ** len(c.upsample_rates):
             raise ValueError(f"decoder_dim {c.decoder_dim} must be divisible by 2**{len(c.upsample_rates)}")
         self.pre_transformer = PreTransformer(c)
         self.code_embedding = nn.Embedding(c.codebook_size * c.num_quantizers, c.hidden_size)
@@ -293,6 +384,9 @@ class Code2Wav(nn.Module):
         self.upsample = nn.ModuleList(
             nn.ModuleList([CausalTransConv(c.hidden_size, c.hidden_size, f, f), ConvNeXtBlock(c.hidden_size)])
             for f in c.upsampling_ratios)
+        if c.head == "istft":
+            self.head = ISTFTHead(c)
+            return
         dims = [c.decoder_dim // 2**i for i in range(len(c.upsample_rates) + 1)]
         blocks = [DecoderBlock(dims[i], dims[i + 1], r) for i, r in enumerate(c.upsample_rates)]
         self.decoder = nn.ModuleList(
@@ -303,6 +397,7 @@ class Code2Wav(nn.Module):
         c = self.config
         self.code_offset = (torch.arange(c.num_quantizers, device=self.code_offset.device)
                             * c.codebook_size).view(1, -1, 1)
+
     def check_codes(self, codes: torch.Tensor) -> None:
         """Raise ValueError unless codes is an integer (B, Q, T) tensor of in-range codebook entries."""
         c = self.config
@@ -318,6 +413,8 @@ class Code2Wav(nn.Module):
         x = self.pre_transformer(x, state).transpose(1, 2)  # (B, hidden, T)
         for trans, convnext in self.upsample:
             x = convnext(trans(x, state), state)  # (B, hidden, T * f)
+        if self.config.head == "istft":
+            return self.head(x, state).clamp(-1, 1)  # (B, 1, samples)
         for m in self.decoder:
             if x.shape[-1] == 0:  # a first frame too short to finalize any sample (small upsampling ratios)
                 return x.new_zeros(x.shape[0], 1, 0)
