@@ -73,7 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-audio-frames", type=int, default=4096, metavar="N",
                      help="most codec frames (12.5 per second of speech) --speak generates")
     gen.set_defaults(run=run_generate)
+    data = commands.add_parser("data", help="make training data: `omnistream data synth --out DIR --seed S ...`",
+                               add_help=False)
+    data.add_argument("rest", nargs=argparse.REMAINDER)
+    data.set_defaults(run=run_data)
     return parser
+
+
+def run_data(args: argparse.Namespace) -> None:
+    """`omnistream data synth ...` (see omnistream.data.synth)."""
+    from .data.synth import main as synth
+
+    if args.rest[:1] != ["synth"]:
+        raise InputError("usage: omnistream data synth --out DIR --seed S [--split train|eval] [--num N] ...")
+    code = synth(args.rest[1:])
+    if code:
+        raise SystemExit(code)
 
 
 def _messages(args: argparse.Namespace) -> list[dict]:
