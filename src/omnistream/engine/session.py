@@ -33,12 +33,11 @@ import torch
 from ..aria import Act, AriaScheduler, FixedRateScheduler, ObservedRate, PriorRate, RateEstimator
 from ..audio.code2wav import Code2Wav, Code2WavStream
 from ..cache import InferenceCache
-from ..positions import omni_position_ids
 from ..sampling import SamplingParams, apply_repetition_penalty, sample
 from ..talker import Talker
 from ..thinker import InputError, Thinker
 from ..voice import VoicePrompt, check_voice_prompt
-from .talker_prompt import Piece, SpeechTokens, TalkerPrompt
+from .talker_prompt import Piece, SpeechTokens, TalkerPrompt, talker_positions
 
 SAMPLE_RATE = 24_000
 TTS_EOS = object()  # fixed-rate text unit: the reference's tts_eos after the last spoken reply token
@@ -177,19 +176,6 @@ class SpeechSession:
         self._cancelled = True
 
     # ------------------------------------------------------------------ talker pieces
-    def _positions(self, ids: torch.Tensor, media: dict) -> torch.Tensor | None:
-        """Sequential positions (None) for text prompts; TMRoPE over the talker's ids for multimodal ones."""
-        if all(media.get(k) is None for k in ("audio_lengths", "image_grid_thw", "video_grid_thw")):
-            return None
-        th, tc = self.thinker, self.talker.config
-        audio_cfg = th.audio_tower.config if th.audio_tower is not None else None
-        pos, _ = omni_position_ids(
-            ids[None], None, tc.placeholders, image_grid_thw=media.get("image_grid_thw"), video_grid_thw=media.get("video_grid_thw"),
-            audio_lengths=media.get("audio_lengths"), video_second_per_grid=media.get("video_second_per_grid"),
-            use_audio_in_video=bool(media.get("use_audio_in_video")), spatial_merge_size=tc.spatial_merge_size,
-            position_id_per_seconds=tc.position_id_per_seconds, audio_config=audio_cfg)
-        return pos
-
     def _forward(self, x: torch.Tensor, pos: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Talker step on embeddings x (1, L, H) -> last logits (V,) float, last hidden (1, H)."""
         cache = self.state.talker_cache
@@ -288,7 +274,8 @@ class SpeechSession:
         self.state.code2wav = Code2WavStream(self.code2wav)
         vocab = self.talker.config.text.vocab_size
         self._seen_codes = torch.zeros(1, vocab, dtype=torch.bool, device=self.talker.device)
-        logits, hidden = self._forward(full.embeds[None], self._positions(full.ids, media))
+        positions = talker_positions(self.thinker, self.talker.config, full.ids, media)  # (3, 1, L) or None
+        logits, hidden = self._forward(full.embeds[None], positions)
         self.timings["talker_prefill"] = time.perf_counter() - t_talk
         loop = self._aria if aria else self._fixed
         yield from loop(run, builder, logits, hidden, t_talk)

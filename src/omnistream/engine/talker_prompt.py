@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from ..talker import Talker
+from ..positions import omni_position_ids
+from ..talker import Talker, TalkerConfig
 from ..thinker import InputError, Thinker
 from ..voice import VoicePrompt
 
@@ -124,3 +125,20 @@ class TalkerPrompt:
         tc = self.talker.config
         embeds = torch.cat([self.talker.text_projection(opening), self._codec([voice_code, tc.codec_bos_id])])
         return Piece(embeds, self._pads(5))
+
+
+def talker_positions(thinker: Thinker, config: TalkerConfig, ids: torch.Tensor, media: dict) -> torch.Tensor | None:
+    """Talker prompt positions (3, 1, L): None (sequential) for text prompts, TMRoPE over `ids` for multimodal ones.
+
+    media: audio_lengths, image_grid_thw, video_grid_thw, video_second_per_grid, use_audio_in_video (as given
+    to the Thinker)."""
+    if all(media.get(k) is None for k in ("audio_lengths", "image_grid_thw", "video_grid_thw")):
+        return None
+    audio_cfg = thinker.audio_tower.config if thinker.audio_tower is not None else None
+    pos, _ = omni_position_ids(
+        ids[None], None, config.placeholders, image_grid_thw=media.get("image_grid_thw"),
+        video_grid_thw=media.get("video_grid_thw"), audio_lengths=media.get("audio_lengths"),
+        video_second_per_grid=media.get("video_second_per_grid"),
+        use_audio_in_video=bool(media.get("use_audio_in_video")), spatial_merge_size=config.spatial_merge_size,
+        position_id_per_seconds=config.position_id_per_seconds, audio_config=audio_cfg)
+    return pos
