@@ -23,7 +23,7 @@ import numpy as np
 import soundfile
 
 from . import scenes, text, videos
-from .voices import SAMPLE_RATE, Voice, speak, voices
+from .voices import SAMPLE_RATE, Voice, assistant_voice, speak, voices
 
 TASKS = ("transcribe", "arithmetic", "counting", "read_aloud", "voice_clone", "image_qa", "video_caption",
          "video_segments")
@@ -86,8 +86,10 @@ def _spoken_question(ctx: Context, task: str, make: Callable[[random.Random, str
     voice = ctx.voice(lang)
     q = make(ctx.rng, ctx.split, lang)
     audio = ctx.wav("", speak(q.question.speech, voice))
-    meta = {**q.meta, "question": q.question.text, "speech_input": q.question.speech}
-    return _item(ctx, task, lang, voice, [{"type": "audio", "audio": audio}], q.answer, meta)
+    answer = ctx.wav("-target", speak(q.answer_speech, assistant_voice(lang)))
+    meta = {**q.meta, "question": q.question.text, "speech_input": q.question.speech, "answer_speech": q.answer_speech,
+            "answer_voice": assistant_voice(lang).name}
+    return _item(ctx, task, lang, voice, [{"type": "audio", "audio": audio}], q.answer, meta, target_speech=answer)
 
 
 def arithmetic(ctx: Context) -> dict:

@@ -75,6 +75,12 @@ class Question:
     question: Utterance
     answer: str
     meta: dict = field(default_factory=dict)
+    answer_speech: str = ""  # what espeak-ng reads to say the answer (pinyin for Mandarin)
+
+
+def _question(question: Utterance, answer: Utterance, meta: dict) -> Question:
+    """A Question whose answer is said as well as written."""
+    return Question(question, answer.text, meta, answer.speech)
 
 
 def held_out(key: str) -> bool:
@@ -180,12 +186,12 @@ def arithmetic(rng: random.Random, split: str, lang: str) -> Question:
     word = _OPS[op][_COLUMN[lang]]
     if lang == "zh":
         lhs = (_zh_number(a), word, _zh_number(b), "等于")
-        return Question(_zh(*lhs, "多少", "？"), _zh(*lhs, _zh_number(result), "。").text, meta)
+        return _question(_zh(*lhs, "多少", "？"), _zh(*lhs, _zh_number(result), "。"), meta)
     say = numbers.english if lang == "en" else numbers.spanish
     lhs = f"{say(a)} {word} {say(b)}"
     if lang == "en":
-        return Question(_same(f"what is {lhs}?"), _same(f"{lhs} is {say(result)}.").text, meta)
-    return Question(_same(f"¿cuánto es {lhs}?"), _same(f"{lhs} es igual a {say(result)}.").text, meta)
+        return _question(_same(f"what is {lhs}?"), _same(f"{lhs} is {say(result)}."), meta)
+    return _question(_same(f"¿cuánto es {lhs}?"), _same(f"{lhs} es igual a {say(result)}."), meta)
 
 
 def _counting_case(r: random.Random) -> tuple[str, tuple[str, int, int]]:
@@ -209,14 +215,14 @@ def counting(rng: random.Random, split: str, lang: str) -> Question:
     if lang == "zh":
         side = "后面" if kind == "after" else "前面"
         lhs = (_zh_number(n), side, "的", "数", "是")
-        return Question(_zh(*lhs, "几", "？"), _zh(*lhs, _zh_number(result), "。").text, meta)
+        return _question(_zh(*lhs, "几", "？"), _zh(*lhs, _zh_number(result), "。"), meta)
     if lang == "en":
         lhs = f"{kind} {numbers.english(n)}"
-        return Question(_same(f"what number comes {lhs}?"),
-                        _same(f"the number {lhs} is {numbers.english(result)}.").text, meta)
+        return _question(_same(f"what number comes {lhs}?"),
+                         _same(f"the number {lhs} is {numbers.english(result)}."), meta)
     side = "después" if kind == "after" else "antes"
-    return Question(_same(f"¿qué número va {side} del {numbers.spanish(n)}?"),
-                    _same(f"{side} del {numbers.spanish(n)} va el {numbers.spanish(result)}.").text, meta)
+    return _question(_same(f"¿qué número va {side} del {numbers.spanish(n)}?"),
+                     _same(f"{side} del {numbers.spanish(n)} va el {numbers.spanish(result)}."), meta)
 
 
 def _repeat(n: int, w: int, lang: str) -> Question:
@@ -228,13 +234,13 @@ def _repeat(n: int, w: int, lang: str) -> Question:
         for i in range(n):
             said += [word, "，" if i < n - 1 else "。"]
         question = _zh("我", "说了", "几", "次", word, "？", *said)
-        return Question(question, _zh("你", "说了", _zh_number(n, measure=True), "次", word, "。").text, meta)
+        return _question(question, _zh("你", "说了", _zh_number(n, measure=True), "次", word, "。"), meta)
     said = ", ".join([word] * n)
     if lang == "en":
-        return Question(_same(f"how many times do I say the word {word}? {said.capitalize()}."),
-                        _same(f"you said the word {word} {numbers.english(n)} times.").text, meta)
-    return Question(_same(f"¿cuántas veces digo la palabra {word}? {said.capitalize()}."),
-                    _same(f"dijiste la palabra {word} {numbers.spanish(n)} veces.").text, meta)
+        return _question(_same(f"how many times do I say the word {word}? {said.capitalize()}."),
+                         _same(f"you said the word {word} {numbers.english(n)} times."), meta)
+    return _question(_same(f"¿cuántas veces digo la palabra {word}? {said.capitalize()}."),
+                     _same(f"dijiste la palabra {word} {numbers.spanish(n)} veces."), meta)
 
 
 def transcribe_prompt(lang: str) -> str:

@@ -61,6 +61,17 @@ ROSTER: tuple[Voice, ...] = (
 )
 
 
+ASSISTANT = {"en": "Ava", "zh": "Fang", "es": "Lucia"}  # the voice that speaks spoken-question answers
+
+
+def assistant_voice(language: str) -> Voice:
+    """The training voice that says the assistant's answers in `language`."""
+    name = ASSISTANT.get(language)
+    if name is None:
+        raise DataError(f"no assistant voice for language {language!r}; expected one of {', '.join(ASSISTANT)}")
+    return next(v for v in ROSTER if v.name == name)
+
+
 def voices(split: str, language: str | None = None) -> list[Voice]:
     """The roster's voices of one split ("train" or "eval"), optionally of one language, in roster order."""
     if split not in SPLITS:
