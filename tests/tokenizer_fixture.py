@@ -25,10 +25,13 @@ CORPUS = [
 ]
 
 
-def build_tokenizer(directory: str | Path, vocab_size: int = 320) -> Tokenizer:
-    """Train a byte-level BPE of at most `vocab_size` ids (added tokens included); write tokenizer.json + config."""
+def build_tokenizer(directory: str | Path, vocab_size: int = 320, extra: tuple[str, ...] = ()) -> Tokenizer:
+    """Train a byte-level BPE of at most `vocab_size` ids (added tokens included); write tokenizer.json + config.
+
+    `extra` special tokens come after the standard ones (e.g. the vision and tts markers)."""
+    special = SPECIAL + list(extra)
     alphabet = pre_tokenizers.ByteLevel.alphabet()
-    n_added = len(SPECIAL) + len(ADDED)
+    n_added = len(special) + len(ADDED)
     if vocab_size < len(alphabet) + n_added:
         raise ValueError(f"vocab_size {vocab_size} is below the byte alphabet ({len(alphabet)}) plus "
                          f"{n_added} added tokens")
@@ -38,13 +41,13 @@ def build_tokenizer(directory: str | Path, vocab_size: int = 320) -> Tokenizer:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - n_added, initial_alphabet=alphabet, show_progress=False)
     tok.train_from_iterator(CORPUS, trainer)
-    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in SPECIAL])
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in special])
     tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in ADDED])
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tok.save(str(directory / "tokenizer.json"))
     decoder = {str(tok.token_to_id(t)): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
-                                         "single_word": False, "special": t in SPECIAL} for t in SPECIAL + ADDED}
+                                         "single_word": False, "special": t in special} for t in special + ADDED}
     config = {"added_tokens_decoder": decoder, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
               "model_max_length": 4096, "tokenizer_class": "Qwen2Tokenizer"}
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))

@@ -1,0 +1,95 @@
+"""Talker training: teacher-forced ARIA / fixed-rate sequences mirror the session; every stage's loss falls."""
+
+import pytest
+import torch
+
+from omnistream.aria import Kind, pack
+from omnistream.audio.codec import AudioTokenizer, CodecConfig
+from omnistream.config import tiny_audio, tiny_qwen35
+from omnistream.data import read_items, synthesize
+from omnistream.positions import TokenIds
+from omnistream.processor import Tokenizer
+from omnistream.thinker import Thinker
+from omnistream.train import TrainConfig, train
+from omnistream.train.talker_data import (IGNORE, TalkerDataError, aria_sequence, default_processor, fixed_sequence,
+                                          speech_tokens, talker_item)
+from omnistream.train.talker_stages import TalkerLoss, TalkerStage, demo_talker_config
+from omnistream.talker import Talker
+from reference import randomize
+from tokenizer_fixture import build_tokenizer
+
+EXTRA = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|tts_pad|>", "<|tts_bos|>",
+         "<|tts_eos|>")
+Q, K = 4, 64
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from shutil import which
+
+    if which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    root = tmp_path_factory.mktemp("talker_data")
+    synthesize(root, seed=0, num=9, tasks=["read_aloud", "arithmetic", "voice_clone"])
+    tok_dir = tmp_path_factory.mktemp("tok")
+    backend = build_tokenizer(tok_dir, 600, EXTRA)
+    backend.add_tokens(["system", "user", "assistant"])
+    backend.save(str(tok_dir / "tokenizer.json"))
+    tok = Tokenizer(tok_dir)
+    torch.manual_seed(0)
+    ids = {name: tok.token_to_id(f"<|{name}|>") for name in ("audio_pad", "image_pad", "video_pad", "vision_start",
+                                                            "audio_start")}
+    placeholders = TokenIds(ids["audio_pad"], ids["image_pad"], ids["video_pad"], ids["vision_start"],
+                            ids["audio_start"])
+    thinker = Thinker(tiny_qwen35(vocab_size=640), tiny_audio(num_downsample=4, n_window=64, n_window_infer=256),
+                      ids["audio_pad"]).eval()
+    codec = AudioTokenizer(CodecConfig(num_quantizers=Q, codebook_size=K, codebook_dim=16, n_mels=40, mel_width=32,
+                                       width=32, mel_layers=1, frame_layers=1), decoder=False).eval()
+    randomize(thinker, 1)
+    config = demo_talker_config(64, 2, placeholders, num_code_groups=Q, codebook_size=K, size="tiny")
+    talker = Talker(config)
+    processor = default_processor(tok, thinker)
+    items = [talker_item(it, root, thinker, talker, codec, processor, tok) for it in read_items(root / "train.jsonl")]
+    return thinker, talker, speech_tokens(tok), items, config
+
+
+def test_sequences_put_every_frame_where_its_code_is_predicted(setup):
+    thinker, talker, tokens, items, config = setup
+    for item in items:
+        for build in (aria_sequence, fixed_sequence):
+            seq = build(thinker, talker, tokens, item)
+            assert seq.embeds.shape[0] == seq.targets.shape[0]
+            assert torch.equal(seq.targets[seq.frame_at], item.codes[0])  # each frame's code 0 is a target there
+            assert int((seq.targets == config.codec_eos_token_id).sum()) == 1 and seq.targets[-1] == config.codec_eos_token_id
+        seq = aria_sequence(thinker, talker, tokens, item)
+        stream = pack(item.reply_ids, list(range(item.codes.shape[1])))
+        slots = (seq.targets == config.codec_text_slot_id).nonzero().flatten()
+        assert len(slots) == sum(u.kind is Kind.TEXT for u in stream) == len(item.reply_ids)
+        assert int((seq.targets != IGNORE).sum()) == len(stream) + 1
+
+
+def test_a_cloned_voice_is_in_the_prompt(setup):
+    _, _, _, items, config = setup
+    clones = [it for it in items if it.voice is not None]
+    named = [it for it in items if it.voice is None]
+    assert clones and named
+    assert all(it.voice_code == config.codec_pad_id for it in clones)
+    assert all(it.voice_code in config.speaker_id.values() for it in named)
+
+
+@pytest.mark.parametrize("kind", ["general", "fixed", "long", "speaker"])
+def test_each_stage_learns(setup, kind, tmp_path):
+    thinker, _, tokens, items, config = setup
+    stage = TalkerStage(kind, items, thinker, tokens, config, batch_size=2, seed=0)
+    h = train(stage, tmp_path, TrainConfig(steps=16, lr=3e-3, warmup=2, log_every=1, save_every=16, progress=False))
+    loss = h.losses["loss"]
+    assert sum(loss[-3:]) / 3 < 0.8 * sum(loss[:3]) / 3, loss
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["model"]
+    module = TalkerLoss(Talker(stage.config))
+    module.load_state_dict(state)
+
+
+def test_unknown_stage_and_voice_are_explained(setup):
+    thinker, _, tokens, items, config = setup
+    with pytest.raises(TalkerDataError, match="unknown talker stage 'dpo2'"):
+        TalkerStage("dpo2", items, thinker, tokens, config)
