@@ -111,3 +111,16 @@ def test_an_empty_reply_is_an_error(models):
         first = int(thinker.lm(prompt())[0][0, -1].argmax())
     with pytest.raises(ValueError, match="empty reply"):
         speak(models, thinker_eos_token_id=first)
+
+
+def test_a_given_reply_is_spoken_instead_of_the_thinkers(models):
+    thinker, talker, c2w = models
+    reply = [40, 41, 42, 43, 241]
+    s = SpeechSession(thinker, talker, c2w, TOKENS, speaker="anna", thinker_eos_token_id=241,
+                      rate=PriorRate({}, 2.0), talker_max_new_tokens=100)
+    events = list(s.speak(prompt(), reply=reply))
+    assert [e.token_id for e in events if isinstance(e, TextDelta)] == reply
+    assert [u.value for u in s.scheduler.stream if u.kind is Kind.TEXT] == reply
+    assert s.codes.shape[1] > 0
+    with pytest.raises(Exception, match="reply is empty"):
+        list(s.speak(prompt(), reply=[]))

@@ -410,6 +410,18 @@ class Code2Wav(nn.Module):
 
     def _decode(self, codes: torch.Tensor, state: Code2WavState | None) -> torch.Tensor:
         x = self.code_embedding(codes + self.code_offset).mean(1)  # (B, T, hidden)
+        return self._decode_embeddings(x, state)
+
+    def decode_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """Offline decode of frame embeddings x (B, T, hidden), i.e. what forward() computes after averaging
+        the Q code embeddings, -> wav (B, 1, config.num_samples(T)). For training Code2Wav from continuous
+        (e.g. straight-through quantised) latents: forward(codes) == decode_embeddings(code_embedding(codes +
+        code_offset).mean(1))."""
+        if x.dim() != 3 or x.shape[-1] != self.config.hidden_size:
+            raise ValueError(f"embeddings must be (batch, frames, {self.config.hidden_size}), got {tuple(x.shape)}")
+        return self._decode_embeddings(x, None)
+
+    def _decode_embeddings(self, x: torch.Tensor, state: Code2WavState | None) -> torch.Tensor:
         x = self.pre_transformer(x, state).transpose(1, 2)  # (B, hidden, T)
         for trans, convnext in self.upsample:
             x = convnext(trans(x, state), state)  # (B, hidden, T * f)

@@ -84,8 +84,9 @@ class _ThinkerRun:
     """The Thinker decoding one token per `step()`; keeps the prompt's embeddings and accept-layer hidden states."""
 
     def __init__(self, session: "SpeechSession", input_ids: torch.Tensor, embed_kwargs: dict,
-                 position_ids: torch.Tensor | None):
+                 position_ids: torch.Tensor | None, reply: Sequence[int] | None = None):
         self.s = session
+        self.reply = None if reply is None else [int(t) for t in reply]
         lm = session.thinker.lm
         self.cache = lm.new_cache(1, input_ids.shape[1] + session.thinker_max_new_tokens)
         self.tokens: list[int] = []
@@ -100,17 +101,23 @@ class _ThinkerRun:
         self.prompt_hidden = out.hidden_states[session.talker.config.accept_hidden_layer][0]  # (S, Ht)
         self._take(logits[:, -1])
 
-    def _take(self, logits: torch.Tensor) -> None:
+    def _take(self, logits: torch.Tensor | None) -> None:
         s = self.s
+        if self.reply is not None:  # a given reply: its tokens in turn, no decoding
+            self.tokens.append(self.reply[len(self.tokens)])
+            self.done = len(self.tokens) == len(self.reply)
+            return
         token = int(sample(logits, s.thinker_sampling, self.seen, s.generator)[0])
         self.seen[0, token] = True
         self.tokens.append(token)
         self.done = token in s.thinker_eos or len(self.tokens) == s.thinker_max_new_tokens
 
     def step(self) -> int:
-        """Decode the next token (after the last one) and return it."""
+        """Decode the next token (after the last one), or take the given reply's next, and return it."""
         lm = self.s.thinker.lm
-        self._take(lm.decode(torch.tensor([self.tokens[-1]], device=lm.device), self.cache))
+        logits = None if self.reply is not None else lm.decode(torch.tensor([self.tokens[-1]], device=lm.device),
+                                                              self.cache)
+        self._take(logits)
         return self.tokens[-1]
 
 
@@ -213,11 +220,14 @@ class SpeechSession:
               pixel_values: torch.Tensor | None = None, image_grid_thw: torch.Tensor | None = None,
               pixel_values_videos: torch.Tensor | None = None, video_grid_thw: torch.Tensor | None = None,
               video_second_per_grid: torch.Tensor | list[float] | None = None,
-              use_audio_in_video: bool = False) -> Iterator[TextDelta | AudioChunk]:
+              use_audio_in_video: bool = False, reply: Sequence[int] | None = None) -> Iterator[TextDelta | AudioChunk]:
         """Yield TextDelta per Thinker token and AudioChunk per Talker frame, interleaved. input_ids (1, S) or (S,).
 
         Multimodal prompts pass the processor's encoder inputs and 3-row `position_ids`; the Talker then places its
-        own prompt with TMRoPE over the same audio lengths and grids."""
+        own prompt with TMRoPE over the same audio lengths and grids. `reply` (token ids, ending with the EOS to
+        speak) makes the session say that text instead of the Thinker's own: the Thinker only reads the prompt."""
+        if reply is not None and len(reply) == 0:
+            raise InputError("reply is empty: give at least one token to speak")
         self._t0 = time.perf_counter()
         self.timings, self.codes, self._cancelled = {}, None, False
         self.generator = None
@@ -235,7 +245,7 @@ class SpeechSession:
         self._multimodal = any(media[k] is not None for k in ("audio_lengths", "image_grid_thw", "video_grid_thw"))
         self._frames, self._mtp, self._c2w = [], [], []
         try:
-            yield from self._speak(input_ids, embed_kwargs, media, position_ids)
+            yield from self._speak(input_ids, embed_kwargs, media, position_ids, reply)
         finally:
             self.state = None
             self.codes = (torch.stack(self._frames, 1) if self._frames
@@ -247,8 +257,8 @@ class SpeechSession:
                 self.timings["mtp_per_frame"] = sum(self._mtp) / len(self._mtp)
                 self.timings["code2wav_per_frame"] = sum(self._c2w) / len(self._c2w)
 
-    def _speak(self, input_ids, embed_kwargs, media, position_ids) -> Iterator[TextDelta | AudioChunk]:
-        run = _ThinkerRun(self, input_ids, embed_kwargs, position_ids)
+    def _speak(self, input_ids, embed_kwargs, media, position_ids, reply) -> Iterator[TextDelta | AudioChunk]:
+        run = _ThinkerRun(self, input_ids, embed_kwargs, position_ids, reply)
         self.state = _Live(run.cache)
         self.timings["thinker_first_token"] = time.perf_counter() - self._t0
         yield TextDelta(run.tokens[0])

@@ -21,8 +21,8 @@ Codebooks: `module()` seeds them by k-means (`ResidualVQ.kmeans_init`) on the in
 `kmeans_crops` crops (the step-0 global batch and more crops drawn the same way), so every entry starts on
 the data. Every `dead_every` steps (at steps s = dead_every, 2 dead_every, ... below `dead_until`), before that
 step's forward, entries chosen fewer than `dead_min_usage` times over the previous `dead_every` steps are
-re-seeded with random residuals of that step's batch (`ResidualVQ.replace_dead_codes`, generator seeded by
-(seed, step)). The usage counts live in a persistent buffer of the module (`usage`), so a run resumed from
+re-seeded with random residuals of the latents of `dead_crops` (default `kmeans_crops`) fresh crops
+(`ResidualVQ.replace_dead_codes`; crops and generator are functions of (seed, s)). The usage counts live in a persistent buffer of the module (`usage`), so a run resumed from
 a checkpoint replaces the same entries as one that never stopped. Both edit the full codebooks, so dead-code
 replacement runs in one process only (the codec is small; torchrun with several ranks is refused).
 
@@ -136,8 +136,8 @@ class CodecStage:
     def __init__(self, data: str | Path, code2wav: Code2WavConfig, codec: dict | None = None, *, seed: int = 0,
                  batch_size: int = 8, crop_seconds: tuple[float, float] = (1.0, 2.0), mel_weight: float = 1.0,
                  stft_weight: float = 1.0, commitment_weight: float = 0.25, kmeans_crops: int = 64,
-                 kmeans_iters: int = 10, dead_every: int = 25, dead_until: int | None = None,
-                 dead_min_usage: float = 1.0):
+                 kmeans_iters: int = 10, dead_every: int = 100, dead_until: int | None = None,
+                 dead_min_usage: float = 1.0, dead_crops: int | None = None):
         if code2wav.head != "istft":
             raise TrainError(f"the codec stage trains an iSTFT-head Code2Wav, got head {code2wav.head!r}")
         self.code2wav_config = code2wav
@@ -152,6 +152,7 @@ class CodecStage:
         self.mel_weight, self.stft_weight, self.commitment_weight = mel_weight, stft_weight, commitment_weight
         self.kmeans_crops, self.kmeans_iters = kmeans_crops, kmeans_iters
         self.dead_every, self.dead_until, self.dead_min_usage = dead_every, dead_until, dead_min_usage
+        self.dead_crops = kmeans_crops if dead_crops is None else dead_crops
         self._cache: dict[int, torch.Tensor] = {}
 
     # --- presets ---------------------------------------------------------------------------------------------
@@ -228,10 +229,11 @@ class CodecStage:
             model.tokenizer.quantizer.kmeans_init(z, iters=self.kmeans_iters, seed=self.seed)
         return model
 
-    def _replace_dead(self, model: CodecModel, step: int, wave: torch.Tensor) -> int:
+    def _replace_dead(self, model: CodecModel, step: int) -> int:
         vq = model.tokenizer.quantizer
+        pool = self._crops(-1 - step, max(self.dead_crops, 1)).to(model.usage.device)  # keys < -1: never a step
         with torch.no_grad():
-            z = model.tokenizer.encoder(wave).float()
+            z = model.tokenizer.encoder(pool).float()
         vq.usage.copy_(model.usage)
         replaced = vq.replace_dead_codes(z, min_usage=self.dead_min_usage, seed=self.seed * 1_000_003 + step)
         model.usage.zero_()
@@ -244,7 +246,7 @@ class CodecStage:
         wave = wave.to(device)
         due = (self.dead_every and step > 0 and step % self.dead_every == 0
                and (self.dead_until is None or step < self.dead_until))
-        replaced = self._replace_dead(model, step, wave) if due else 0
+        replaced = self._replace_dead(model, step) if due else 0
         out = module(wave)
         losses = {}
         pred = out["wave"].float()

@@ -1,0 +1,287 @@
+"""Thinker training examples from synthetic chat items: token ids, labels, positions and the media they hold.
+
+An `Example` is one sequence in the Qwen3.5-Omni prompt layout (`Processor(layout="qwen3.5-omni")`): the chat with
+the item's user turn, the assistant opener `<|im_start|>assistant\\n`, then the target = the reply + `<|im_end|>`.
+`labels` copy the ids on the targets and hold -100 everywhere else (prompt, media placeholders, openers), so the
+next-token loss pays only for what the assistant writes. `position_ids` (3, S) are the processor's TM-RoPE ids,
+continued over the reply (text after the last media item counts on from 1 + the maximum so far); prompts without
+images or videos are plain 0..S-1. No thinking block is written after the opener (enable_thinking=None).
+
+Example kinds (`ThinkerDataset(kind=...)`):
+- "text": the reply alone as plain text, `<|im_start|>assistant\\n{reply}<|im_end|>` (loss on reply + <|im_end|>),
+  the warm-up of a language model that starts from random weights.
+- "chat": one item, one turn (the multitask mix: transcribe, arithmetic, counting, image_qa, video_caption,
+  video_segments by default).
+- "long" (stage S3), built deterministically from (seed, index) out of 2-4 items of the chat mix:
+  - even indices, "recording": the spoken questions (arithmetic, counting) of 2-4 items of one language cut into
+    one recording. Each question starts on a timestamp boundary (a multiple of `stamp_seconds` = 2 encoder chunks,
+    2.56 s for the 6.25 Hz encoder; silence pads the gaps), the processor writes `<t seconds>` between the audio
+    tokens at every boundary, and the reply answers the questions in order, one line each behind the time its
+    question starts: "<0.0 seconds> Five plus two is seven.\\n<2.6 seconds> The number after ...". The prompt asks
+    for exactly that (RECORDING_PROMPTS, in the items' language). Falls back to a dialogue when no language has
+    two question items.
+  - odd indices, "dialogue": a multi-turn chat of 2-4 items (any media: several images, videos and audios in one
+    context), every assistant reply trained on. Longer videos come only this way: the dataset's videos are 4-8 s
+    and are not spliced.
+`collate` makes a left-padded batch with attention_mask; the decoder masks padded keys and zeroes padded inputs of
+its DeltaNet layers, so each row trains as it would alone.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import soundfile
+import torch
+
+from ..audio.io import load_audio
+from ..config import AudioConfig, VisionConfig
+from ..processor import IM_END, IM_START, QWEN35_OMNI, Processor, Tokenizer
+from ..vision.video import timestamp_text
+
+IGNORE = -100
+MULTITASK = ("transcribe", "arithmetic", "counting", "image_qa", "video_caption", "video_segments")
+QUESTION_TASKS = ("arithmetic", "counting")
+# The drawings are 96 x 96: kept at that size (no upscaling to the release's 56x56-pixel minimum per token), so a
+# 16-pixel patch, 2x2-merged encoder gives 3 x 3 tokens per image or temporal patch, one per cell of the scene grid.
+IMAGE_PIXELS = (32 * 32, 128 * 128)
+VIDEO_PIXELS = (32 * 32, 128 * 128)
+SAMPLE_RATE = 16000
+GAP_SECONDS = 0.3  # at least this much silence after each question of a recording
+RECORDING_PROMPTS = {
+    "en": "Answer every question in this recording in order, one line each, after the time the question starts.",
+    "es": "Responde a cada pregunta de esta grabación en orden, una línea cada una, tras el momento en que empieza.",
+    "zh": "按顺序回答这段录音里的每个问题，每个答案一行，写在问题开始的时间后面。",
+}
+
+
+@dataclass
+class Example:
+    """One training sequence of S tokens and the media its placeholders stand for."""
+
+    input_ids: torch.Tensor  # (S,) long
+    labels: torch.Tensor  # (S,) long: the id on target tokens, IGNORE elsewhere
+    position_ids: torch.Tensor  # (3, S) long
+    audio_features: torch.Tensor | None = None  # (A, mels, T) log-mel of the audios in order
+    audio_lengths: list[int] = field(default_factory=list)  # valid frames of each
+    pixel_values: torch.Tensor | None = None
+    image_grid_thw: torch.Tensor | None = None
+    pixel_values_videos: torch.Tensor | None = None
+    video_grid_thw: torch.Tensor | None = None
+    task: str = ""
+
+    @property
+    def targets(self) -> int:
+        """Tokens the loss is paid on."""
+        return int((self.labels != IGNORE).sum())
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def corpus_texts(items: Sequence[Mapping]) -> list[str]:
+    """The texts a tokenizer for these items is trained on: replies, prompt texts, the S3 recording prompts."""
+    texts = [item["reply"] for item in items]
+    for item in items:
+        for message in item["messages"]:
+            content = message["content"]
+            parts = [content] if isinstance(content, str) else [p.get("text") for p in content if p["type"] == "text"]
+            texts += [p for p in parts if p]
+    return texts + list(RECORDING_PROMPTS.values())
+
+
+def _audio_source(item: Mapping):
+    """The (first) audio of an item's user turn."""
+    return next(p["audio"] for p in item["messages"][0]["content"] if p["type"] == "audio")
+
+
+class ExampleBuilder:
+    """Items -> Examples with two Qwen3.5-Omni processors: a plain one and one writing audio timestamps."""
+
+    def __init__(self, tokenizer: Tokenizer, audio_config: AudioConfig, vision_config: VisionConfig,
+                 stamp_chunks: int = 2):
+        self.tokenizer = tokenizer
+        common = dict(vision_config=vision_config, image_pixels=IMAGE_PIXELS, video_pixels=VIDEO_PIXELS,
+                      layout=QWEN35_OMNI)
+        self.stamp_seconds = stamp_chunks * audio_config.chunk_frames / 100
+        self.processor = Processor(tokenizer, audio_config, **common)
+        self.stamped = Processor(tokenizer, audio_config, timestamp_every=self.stamp_seconds, **common)
+        get = tokenizer.token_to_id
+        self.im_start, self.im_end, self.assistant = get(IM_START), get(IM_END), get("assistant")
+        self.opener = tokenizer.encode(f"{IM_START}assistant\n")
+        if None in (self.im_start, self.im_end, self.assistant) or len(self.opener) != 3:
+            raise ValueError("the tokenizer needs <|im_start|>, <|im_end|> and 'assistant' as single tokens "
+                             "(train it with omnistream.train.tokenizer.train_tokenizer)")
+
+    # ---------------------------------------------------------------- kinds
+    def text(self, reply: str, task: str = "text") -> Example:
+        """`<|im_start|>assistant\\n{reply}<|im_end|>`, the loss on reply + <|im_end|>."""
+        target = self.tokenizer.encode(reply) + [self.im_end]
+        ids = torch.tensor(self.opener + target)
+        labels = ids.clone()
+        labels[: len(self.opener)] = IGNORE
+        return Example(ids, labels, torch.arange(len(ids)).expand(3, -1).clone(), task=task)
+
+    def item(self, item: Mapping) -> Example:
+        """One item as a one-turn chat."""
+        return self.chat([(item["messages"][0], item["reply"])], task=item["task"])
+
+    def dialogue(self, items: Sequence[Mapping]) -> Example:
+        """Several items as one multi-turn chat, every reply trained on."""
+        return self.chat([(it["messages"][0], it["reply"]) for it in items], task="dialogue")
+
+    def recording(self, items: Sequence[Mapping]) -> Example:
+        """The spoken questions of `items` (one language) as one recording; the reply answers each after its time."""
+        waves = [load_audio(_audio_source(it)) for it in items]
+        starts, total = self.recording_layout([len(w) for w in waves])
+        audio = np.zeros(total, dtype=np.float32)
+        for w, s in zip(waves, starts):
+            audio[s : s + len(w)] = w
+        buf = io.BytesIO()
+        soundfile.write(buf, audio, SAMPLE_RATE, format="WAV", subtype="FLOAT")
+        lang = items[0]["language"]
+        user = {"role": "user", "content": [{"type": "audio", "audio": buf.getvalue()},
+                                            {"type": "text", "text": RECORDING_PROMPTS[lang]}]}
+        return self.chat([(user, self.recording_reply(items, starts))], self.stamped, task="recording")
+
+    def recording_layout(self, lengths: Sequence[int]) -> tuple[list[int], int]:
+        """Start samples of questions of `lengths` samples (each on a timestamp boundary) and the total length."""
+        period = round(self.stamp_seconds * SAMPLE_RATE)
+        gap = round(GAP_SECONDS * SAMPLE_RATE)
+        starts, at = [], 0
+        for n in lengths:
+            starts.append(at)
+            at += math.ceil((n + gap) / period) * period
+        return starts, starts[-1] + lengths[-1] + gap
+
+    @staticmethod
+    def recording_reply(items: Sequence[Mapping], starts: Sequence[int]) -> str:
+        """One line per question: its start time, then the item's answer."""
+        sep = "" if items[0]["language"] == "zh" else " "
+        return "\n".join(f"{timestamp_text(s / SAMPLE_RATE)}{sep}{it['reply']}" for it, s in zip(items, starts))
+
+    # ---------------------------------------------------------------- the shared path
+    def chat(self, turns: Sequence[tuple[Mapping, str]], processor: Processor | None = None,
+             task: str = "") -> Example:
+        """(user message, reply) turns -> Example; the loss covers each reply and its <|im_end|>."""
+        messages = []
+        for user, reply in turns:
+            messages += [user, {"role": "assistant", "content": reply}]
+        p = (processor or self.processor)(messages, add_generation_prompt=False)
+        ids = p.input_ids[0, :-1]  # the template's "\n" after the last <|im_end|> is not a target
+        if int(ids[-1]) != self.im_end:
+            raise ValueError("the chat does not end with <|im_end|> after dropping its final newline")
+        labels = torch.full_like(ids, IGNORE)
+        is_open = (ids[:-1] == self.im_start) & (ids[1:] == self.assistant)
+        ends = (ids == self.im_end).nonzero().flatten().tolist()
+        for at in is_open.nonzero().flatten().tolist():
+            start = at + len(self.opener)
+            end = next(e for e in ends if e >= start)
+            labels[start : end + 1] = ids[start : end + 1]
+        if p.position_ids is None:
+            pos = torch.arange(len(ids)).expand(3, -1).clone()
+        else:
+            pos = p.position_ids[:, 0, :-1].long()
+        return Example(ids, labels, pos, p.audio_features, list(p.audio_lengths), p.pixel_values, p.image_grid_thw,
+                       p.pixel_values_videos, p.video_grid_thw, task=task)
+
+
+class ThinkerDataset:
+    """The examples of one kind ("text", "chat" or "long") over a list of items, built on first use and cached.
+
+    `target_count(i)` is the number of target tokens of example i, computed from text (and, for recordings, audio
+    lengths) without building the example, so every rank can normalise its loss by the global batch's count."""
+
+    KINDS = ("text", "chat", "long")
+
+    def __init__(self, items: Sequence[Mapping], builder: ExampleBuilder, kind: str, tasks: Sequence[str] = MULTITASK,
+                 seed: int = 0):
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown example kind {kind!r}; expected one of {', '.join(self.KINDS)}")
+        self.builder, self.kind, self.seed = builder, kind, seed
+        self.items = list(items) if kind == "text" else [it for it in items if it["task"] in tasks]
+        if not self.items:
+            raise ValueError(f"no items of the tasks {', '.join(tasks)}")
+        self._cache: dict[int, Example] = {}
+        self._targets: dict[int, int] = {}
+        self._samples: dict[int, int] = {}  # item index -> 16 kHz samples of its audio
+        self._questions: dict[str, list[int]] = {}
+        for i, it in enumerate(self.items):
+            if it["task"] in QUESTION_TASKS:
+                self._questions.setdefault(it["language"], []).append(i)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def plan(self, index: int) -> tuple[str, list[int]]:
+        """What example `index` is made of: "text" / "chat" / "recording" / "dialogue" and its item indices."""
+        if self.kind == "text":
+            return "text", [index]
+        if self.kind == "chat":
+            return "chat", [index]
+        rng = random.Random(f"omnistream.thinker_data/{self.seed}/{index}")
+        langs = sorted(lang for lang, idx in self._questions.items() if len(idx) >= 2)
+        if index % 2 == 0 and langs:
+            pool = self._questions[rng.choice(langs)]
+            return "recording", rng.sample(pool, rng.randint(2, min(4, len(pool))))
+        return "dialogue", rng.sample(range(len(self.items)), min(rng.randint(2, 4), len(self.items)))
+
+    def example(self, index: int) -> Example:
+        """Example `index` (cached after the first call)."""
+        if index not in self._cache:
+            kind, idx = self.plan(index)
+            items = [self.items[i] for i in idx]
+            b = self.builder
+            self._cache[index] = (b.text(items[0]["reply"], items[0]["task"]) if kind == "text" else
+                                  b.item(items[0]) if kind == "chat" else
+                                  b.recording(items) if kind == "recording" else b.dialogue(items))
+            self._targets[index] = self._cache[index].targets
+        return self._cache[index]
+
+    def target_count(self, index: int) -> int:
+        """Target tokens of example `index`."""
+        if index not in self._targets:
+            kind, idx = self.plan(index)
+            items = [self.items[i] for i in idx]
+            count = self.builder.tokenizer.encode
+            if kind == "recording":
+                for i in idx:
+                    if i not in self._samples:
+                        self._samples[i] = len(load_audio(_audio_source(self.items[i])))
+                starts, _ = self.builder.recording_layout([self._samples[i] for i in idx])
+                self._targets[index] = len(count(self.builder.recording_reply(items, starts))) + 1
+            else:
+                self._targets[index] = sum(len(count(it["reply"])) + 1 for it in items)
+        return self._targets[index]
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> dict:
+    """Left-padded batch: input_ids / labels / attention_mask (B, S), position_ids (3, B, S), the media of all rows
+    in row order (audio features padded to the longest audio) and "targets" (target tokens in the batch)."""
+    b, s = len(examples), max(len(e) for e in examples)
+    ids = torch.full((b, s), pad_id, dtype=torch.long)
+    labels = torch.full((b, s), IGNORE, dtype=torch.long)
+    mask = torch.zeros((b, s), dtype=torch.long)
+    pos = torch.zeros((3, b, s), dtype=torch.long)
+    for r, e in enumerate(examples):
+        n = len(e)
+        ids[r, s - n :], labels[r, s - n :], mask[r, s - n :] = e.input_ids, e.labels, 1
+        pos[:, r, s - n :] = e.position_ids
+    out = {"input_ids": ids, "labels": labels, "attention_mask": mask, "position_ids": pos,
+           "targets": int((labels != IGNORE).sum()), "tasks": [e.task for e in examples]}
+    feats = [e.audio_features for e in examples if e.audio_features is not None]
+    if feats:
+        t = max(f.shape[-1] for f in feats)
+        out["audio_features"] = torch.cat([torch.nn.functional.pad(f, (0, t - f.shape[-1])) for f in feats])
+        out["audio_lengths"] = [n for e in examples for n in e.audio_lengths]
+    for key, grid in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
+        have = [e for e in examples if getattr(e, key) is not None]
+        if have:
+            out[key] = torch.cat([getattr(e, key) for e in have])
+            out[grid] = torch.cat([getattr(e, grid) for e in have])
+    return out
