@@ -21,6 +21,7 @@ from tokenizer_fixture import build_tokenizer
 EXTRA = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|tts_pad|>", "<|tts_bos|>",
          "<|tts_eos|>")
 Q, K = 4, 64
+STATE = {}  # what the setup fixture made besides its tuple: raw items, data root, tokenizer, processor
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,9 @@ def setup(tmp_path_factory):
     config = demo_talker_config(64, 2, placeholders, num_code_groups=Q, codebook_size=K, size="tiny")
     talker = Talker(config)
     processor = default_processor(tok, thinker)
-    items = [talker_item(it, root, thinker, talker, codec, processor, tok) for it in read_items(root / "train.jsonl")]
+    raw = read_items(root / "train.jsonl")
+    items = [talker_item(it, root, thinker, talker, codec, processor, tok) for it in raw]
+    STATE.update(raw=raw, root=root, tok=tok, processor=processor)
     return thinker, talker, speech_tokens(tok), items, config
 
 
@@ -93,3 +96,39 @@ def test_unknown_stage_and_voice_are_explained(setup):
     thinker, _, tokens, items, config = setup
     with pytest.raises(TalkerDataError, match="unknown talker stage 'dpo2'"):
         TalkerStage("dpo2", items, thinker, tokens, config)
+
+
+def test_error_rate_counts_words_or_characters():
+    from omnistream.train.talker_dpo import error_rate
+
+    assert error_rate("Five plus two is seven.", "five plus two is seven", "en") == 0
+    assert error_rate("five plus two is", "five plus two is seven", "en") == pytest.approx(0.2)
+    assert error_rate("六加二等于八", "六加二等于八。", "zh") == 0
+    assert error_rate("六加三等于八", "六加二等于八。", "zh") == pytest.approx(1 / 6)
+    assert error_rate("", "uno dos", "es") == 1.0
+
+
+def test_preference_pairs_and_dpo_widen_the_margin(setup, tmp_path):
+    from omnistream.audio.code2wav import Code2Wav, Code2WavConfig
+    from omnistream.train.talker_dpo import DpoStage, preference_pairs
+
+    thinker, talker, tokens, items, config = setup
+    torch.manual_seed(2)
+    c2w = Code2Wav(Code2WavConfig(codebook_size=K, num_quantizers=Q, hidden_size=32, num_hidden_layers=1,
+                                  num_attention_heads=2, num_key_value_heads=1, intermediate_size=48,
+                                  upsample_rates=(2, 3), decoder_dim=16)).eval()
+    raw = STATE["raw"]
+    named = [(r, it) for r, it in zip(raw, items) if it.voice is None][:2]
+
+    def heard(pcm, record):  # a stand-in transcriber: how much of the reply it hears depends on the rendering
+        words = record["reply"].split()
+        return " ".join(words[:int(abs(pcm).sum() * 1e4) % (len(words) + 1)])
+
+    pairs = preference_pairs([r for r, _ in named], [it for _, it in named], thinker, talker, c2w, tokens,
+                             STATE["tok"], STATE["processor"], STATE["root"], samples=3, max_frames=30, transcriber=heard)
+    assert pairs and all(p.errors[0] < p.errors[1] for p in pairs)
+    assert all(p.chosen.reply_ids == p.rejected.reply_ids for p in pairs)
+    stage = DpoStage(pairs, thinker, tokens, talker, beta=0.5, batch_size=2)
+    h = train(stage, tmp_path, TrainConfig(steps=12, lr=3e-3, warmup=1, log_every=1, save_every=12, progress=False))
+    assert h.losses["loss"][0] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at the start
+    assert h.losses["loss"][-1] < 0.5 and h.losses["accuracy"][-1] == 1.0

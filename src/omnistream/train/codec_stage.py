@@ -184,11 +184,16 @@ class CodecStage:
             self._cache[index] = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
         return self._cache[index]
 
-    def _crops(self, key: int, count: int, lo: int = 0, hi: int | None = None) -> torch.Tensor:
-        """Crops lo..hi-1 of the `count` crops drawn for `key`: (hi - lo, frames hop), zero-padded if a file
-        is shorter."""
+    def _seed(self, purpose: int, n: int) -> int:
+        """A generator seed for (stage seed, purpose, n): purpose 0 = step n's batch, 1 = k-means crops,
+        2 = crops and 3 = choices of the dead-code re-seeding before step n."""
+        return ((self.seed * 8 + purpose) * 1_000_003 + n) % 2**63
+
+    def _crops(self, seed: int, count: int, lo: int = 0, hi: int | None = None) -> torch.Tensor:
+        """Crops lo..hi-1 of the `count` crops drawn from generator seed `seed`: (hi - lo, frames hop), all of
+        one random whole number of frames, zero-padded where a file is shorter."""
         hi = count if hi is None else hi
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + key)
+        g = torch.Generator().manual_seed(seed)
         frames = int(torch.randint(self.min_frames, self.max_frames + 1, (), generator=g))
         files = torch.randint(0, len(self.files), (count,), generator=g).tolist()
         starts = torch.rand(count, generator=g, dtype=torch.float64).tolist()
@@ -208,7 +213,8 @@ class CodecStage:
         if self.batch_size % world:
             raise TrainError(f"batch_size {self.batch_size} is not divisible by {world} ranks")
         share = self.batch_size // world
-        return {"step": step, "wave": self._crops(step, self.batch_size, rank * share, (rank + 1) * share)}
+        wave = self._crops(self._seed(0, step), self.batch_size, rank * share, (rank + 1) * share)
+        return {"step": step, "wave": wave}
 
     def items(self, batch: dict) -> int:
         return batch["wave"].shape[0]
@@ -220,10 +226,10 @@ class CodecStage:
         torch.manual_seed(self.seed)
         model = CodecModel(self.codec_config, self.code2wav_config)
         if self.kmeans_crops:
-            waves = [self._crops(0, self.batch_size)]  # the step-0 global batch ...
+            waves = [self._crops(self._seed(0, 0), self.batch_size)]  # the step-0 global batch ...
             extra = self.kmeans_crops - self.batch_size
-            if extra > 0:  # ... and more crops drawn the same way (key -1 never names a step)
-                waves.append(self._crops(-1, extra))
+            if extra > 0:  # ... and more crops drawn the same way
+                waves.append(self._crops(self._seed(1, 0), extra))
             with torch.no_grad():
                 z = torch.cat([model.tokenizer.encoder(w).flatten(0, 1) for w in waves])
             model.tokenizer.quantizer.kmeans_init(z, iters=self.kmeans_iters, seed=self.seed)
@@ -231,11 +237,11 @@ class CodecStage:
 
     def _replace_dead(self, model: CodecModel, step: int) -> int:
         vq = model.tokenizer.quantizer
-        pool = self._crops(-1 - step, max(self.dead_crops, 1)).to(model.usage.device)  # keys < -1: never a step
+        pool = self._crops(self._seed(2, step), max(self.dead_crops, 1)).to(model.usage.device)
         with torch.no_grad():
             z = model.tokenizer.encoder(pool).float()
         vq.usage.copy_(model.usage)
-        replaced = vq.replace_dead_codes(z, min_usage=self.dead_min_usage, seed=self.seed * 1_000_003 + step)
+        replaced = vq.replace_dead_codes(z, min_usage=self.dead_min_usage, seed=self._seed(3, step))
         model.usage.zero_()
         return replaced
 

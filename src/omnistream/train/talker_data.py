@@ -84,7 +84,7 @@ def talker_item(item: dict, root: Path, thinker: Thinker, talker: Talker, codec:
             raise TalkerDataError(f"item {item['id']}: voice {name!r} is not one of the talker's speakers "
                                   f"({', '.join(sorted(tc.speaker_id))})")
         code = tc.speaker_id[name]
-    prompt = processor(_absolute(item["messages"], root))
+    prompt = processor(absolute_paths(item["messages"], root))
     lm = thinker.lm
     media = dict(audio_lengths=prompt.audio_lengths or None, image_grid_thw=prompt.image_grid_thw,
                  video_grid_thw=prompt.video_grid_thw, video_second_per_grid=prompt.video_second_per_grid or None,
@@ -99,7 +99,7 @@ def talker_item(item: dict, root: Path, thinker: Thinker, talker: Talker, codec:
                       media, reply, _codes(codec, root / item["target_speech"], "target speech"), code, voice)
 
 
-def _absolute(messages: list[dict], root: Path) -> list[dict]:
+def absolute_paths(messages: list[dict], root: Path) -> list[dict]:
     """Messages with media paths made absolute under the data directory."""
     out = []
     for m in messages:

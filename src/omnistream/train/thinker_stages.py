@@ -1,0 +1,192 @@
+"""The Thinker's training stages, the paper's recipe scaled down to the synthetic dataset and a ~8M-parameter model.
+
+Stages (`ThinkerStage(kind, ...)`, each a `Stage` of the shared loop; `init` starts from the previous one):
+- "text": language-model warm-up on the replies as plain text (thinker_data "text" examples). The paper starts
+  from a pretrained Qwen3.5 LLM; ours starts random, so it first learns to write the dataset's three languages.
+  Only the LM trains (the encoders are unused and frozen).
+- "s1", encoder alignment: the audio and vision encoders, their projections (AuT proj1/proj2, the vision merger and
+  deepstack mergers) included, train on the multitask mix while the whole LM (embeddings and head too) stays
+  frozen, so the encoders learn to speak the LM's language.
+- "s2", general multitask: everything trains on the one-turn multitask mix (transcribe, arithmetic, counting,
+  image_qa, video_caption, video_segments).
+- "s3", long context: everything trains on thinker_data "long" examples (several questions in one recording with
+  timestamps; multi-turn chats of 2-4 items).
+
+Loss: next-token cross-entropy summed over the target tokens of this rank's rows, divided by the target tokens
+of the whole global batch / world, so ranks add up to the global token mean (the single-process curve) whatever the
+split; plus `router_aux_loss_coef` x the MoE load-balancing loss when the router trains (not in s1, where the LM is
+frozen). Logged: "loss", "ce" (the token mean) and "aux" (the balancing loss itself).
+
+Batches: an epoch-wise shuffle seeded by (seed, epoch) walks the examples; step k's global batch is positions
+k*B .. k*B+B-1 of that walk and rank r takes rows r*B/world .. (r+1)*B/world: a pure function of
+(seed, step, rank, world). `limit` keeps the first `limit` examples only (a fixed subset, for overfitting checks).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import QWEN35, AudioConfig, TextConfig, VisionConfig
+from ..data import read_items
+from ..processor import Tokenizer
+from ..thinker import Thinker
+from .loop import TrainError
+from .thinker_data import IGNORE, MULTITASK, ExampleBuilder, ThinkerDataset, collate
+from .tokenizer import special_ids
+
+STAGES = ("text", "s1", "s2", "s3")
+SIZES = ("tiny", "demo")
+MEDIA_KEYS = ("audio_features", "audio_lengths", "pixel_values", "image_grid_thw", "pixel_values_videos",
+              "video_grid_thw")
+
+
+def demo_thinker_configs(vocab_size: int, size: str = "demo") -> tuple[TextConfig, AudioConfig, VisionConfig]:
+    """(text, audio, vision) configs of the demo Thinker: a Qwen3.5 hybrid MoE LM (3 Gated DeltaNet : 1 gated
+    attention layers, top-2 of 8 experts plus a shared expert), a Qwen3.5-Omni AuT (128 mel bins, four stride-2
+    Conv2D blocks: 1.28 s chunks of 8 tokens, 6.25 Hz) and a Qwen3-VL-style ViT (16-pixel patches, 2 frames per
+    temporal patch, 2x2 merge, one deepstack layer). "demo": about 8.2M parameters with a 2048 vocabulary;
+    "tiny": about 0.4M, for tests."""
+    if size == "demo":
+        text = TextConfig(
+            layout=QWEN35, vocab_size=vocab_size, hidden_size=256, num_hidden_layers=6, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=64, linear_num_key_heads=2, linear_num_value_heads=4,
+            linear_key_head_dim=64, linear_value_head_dim=64, num_experts=8, num_experts_per_tok=2,
+            moe_intermediate_size=64, shared_expert_intermediate_size=192, rope_theta=1e5,
+            partial_rotary_factor=0.25, mrope_section=[3, 3, 2], max_position_embeddings=8192)
+        audio = AudioConfig(num_mel_bins=128, d_model=192, encoder_layers=3, encoder_attention_heads=4,
+                            encoder_ffn_dim=512, n_window=64, n_window_infer=1024, num_downsample=4,
+                            downsample_hidden_size=32, output_dim=256, max_source_positions=64)
+        vision = VisionConfig(depth=3, hidden_size=128, num_heads=4, intermediate_size=320, patch_size=16,
+                              temporal_patch_size=2, spatial_merge_size=2, out_hidden_size=256,
+                              num_position_embeddings=64, deepstack_visual_indexes=[1])
+    elif size == "tiny":
+        text = TextConfig(
+            layout=QWEN35, vocab_size=vocab_size, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4,
+            linear_key_head_dim=16, linear_value_head_dim=16, num_experts=4, num_experts_per_tok=2,
+            moe_intermediate_size=32, shared_expert_intermediate_size=64, rope_theta=1e4,
+            partial_rotary_factor=0.25, mrope_section=[1, 1, 0], max_position_embeddings=8192)
+        audio = AudioConfig(num_mel_bins=128, d_model=32, encoder_layers=1, encoder_attention_heads=4,
+                            encoder_ffn_dim=64, n_window=64, n_window_infer=256, num_downsample=4,
+                            downsample_hidden_size=8, output_dim=64, max_source_positions=64)
+        vision = VisionConfig(depth=2, hidden_size=32, num_heads=2, intermediate_size=64, patch_size=16,
+                              temporal_patch_size=2, spatial_merge_size=2, out_hidden_size=64,
+                              num_position_embeddings=64, deepstack_visual_indexes=[0])
+    else:
+        raise TrainError(f"unknown thinker size {size!r}; expected one of {', '.join(SIZES)}")
+    return text, audio, vision
+
+
+def build_thinker(size: str, ids: dict[str, int]) -> Thinker:
+    """A randomly initialised demo Thinker for a tokenizer's `special_ids`."""
+    text, audio, vision = demo_thinker_configs(ids["vocab_size"], size)
+    text = text.replace(eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"])
+    return Thinker(text, audio, ids["audio_token_id"], vision, ids["image_token_id"], ids["video_token_id"])
+
+
+def parameter_counts(thinker: Thinker) -> dict[str, int]:
+    """Parameters of the LM, the audio and vision encoders, and in total."""
+    def count(m: nn.Module | None) -> int:
+        return 0 if m is None else sum(p.numel() for p in m.parameters())
+
+    parts = {"lm": count(thinker.lm), "audio": count(thinker.audio_tower), "vision": count(thinker.visual)}
+    return {**parts, "total": sum(parts.values())}
+
+
+class ThinkerStage:
+    """One Thinker stage ("text", "s1", "s2", "s3") over DATA_DIR/{split}.jsonl with the tokenizer in
+    `tokenizer_dir`; `init` is a checkpoint.pt of an earlier stage (or a bare state dict) to start from."""
+
+    def __init__(self, kind: str, data_dir: str | Path, tokenizer_dir: str | Path, size: str = "demo",
+                 init: str | Path | None = None, *, batch_size: int = 8, seed: int = 0, split: str = "train",
+                 tasks: tuple[str, ...] = MULTITASK, limit: int | None = None, aux_coef: float | None = None,
+                 device: str | torch.device | None = None):
+        if kind not in STAGES:
+            raise TrainError(f"unknown thinker stage {kind!r}; expected one of {', '.join(STAGES)}")
+        if size not in SIZES:
+            raise TrainError(f"unknown thinker size {size!r}; expected one of {', '.join(SIZES)}")
+        if batch_size < 1:
+            raise TrainError(f"batch_size must be at least 1, got {batch_size}")
+        data = Path(data_dir) / f"{split}.jsonl"
+        if not data.is_file():
+            raise TrainError(f"no {data}; write it with `omnistream data synth --out {data_dir} --split {split}`")
+        if not (Path(tokenizer_dir) / "tokenizer.json").is_file():
+            raise TrainError(f"no tokenizer.json in {tokenizer_dir}; train one with "
+                             f"omnistream.train.tokenizer.train_tokenizer(corpus_texts(items), dir)")
+        if init is not None and not Path(init).is_file():
+            raise TrainError(f"init checkpoint {init} does not exist")
+        self.name = f"thinker-{kind}"
+        self.kind, self.size, self.init, self.seed, self.batch_size = kind, size, init, seed, batch_size
+        self.tokenizer = Tokenizer(tokenizer_dir)
+        self.ids = special_ids(self.tokenizer)
+        self.configs = demo_thinker_configs(self.ids["vocab_size"], size)
+        self.aux_coef = self.configs[0].router_aux_loss_coef if aux_coef is None else aux_coef
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        builder = ExampleBuilder(self.tokenizer, self.configs[1], self.configs[2])
+        examples = {"text": "text", "s1": "chat", "s2": "chat", "s3": "long"}[kind]
+        self.data = ThinkerDataset(read_items(data), builder, examples, tasks, seed)
+        self.n = len(self.data) if limit is None else max(1, min(limit, len(self.data)))
+        self._perms: dict[int, list[int]] = {}
+
+    # ---------------------------------------------------------------- Stage protocol
+    def module(self) -> Thinker:
+        torch.manual_seed(self.seed)
+        thinker = build_thinker(self.size, self.ids)
+        if self.init is not None:
+            state = torch.load(self.init, map_location="cpu", weights_only=False)
+            state = state.get("model", state)
+            try:
+                thinker.load_state_dict(state)
+            except RuntimeError as e:
+                raise TrainError(f"init checkpoint {self.init} does not fit a {self.size!r} thinker with this "
+                                 f"tokenizer ({self.ids['vocab_size']} ids): {str(e)[:300]}") from e
+        encoders = [thinker.audio_tower, thinker.visual]
+        thinker.requires_grad_(self.kind in ("s2", "s3"))
+        if self.kind == "text":
+            thinker.lm.requires_grad_(True)
+        elif self.kind == "s1":
+            for m in encoders:
+                m.requires_grad_(True)
+        return thinker.to(self.device)
+
+    def indices(self, step: int) -> list[int]:
+        """Example indices of the global batch of `step`."""
+        out = []
+        for pos in range(step * self.batch_size, (step + 1) * self.batch_size):
+            epoch, offset = divmod(pos, self.n)
+            if epoch not in self._perms:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                self._perms = {epoch: torch.randperm(self.n, generator=g).tolist()}  # keep one epoch's order
+            out.append(self._perms[epoch][offset])
+        return out
+
+    def batch(self, step: int, rank: int, world: int) -> dict:
+        if self.batch_size % world:
+            raise TrainError(f"batch_size {self.batch_size} is not a multiple of the {world} ranks")
+        chosen = self.indices(step)
+        share = self.batch_size // world
+        mine = chosen[rank * share : (rank + 1) * share]
+        out = collate([self.data.example(i) for i in mine], self.ids["pad_token_id"])
+        out["norm"] = sum(self.data.target_count(i) for i in chosen) / world
+        return out
+
+    def loss(self, module: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        device = next(module.parameters()).device
+        move = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        media = {k: move[k] for k in MEDIA_KEYS if k in move}
+        logits, out = module(move["input_ids"], **media, position_ids=move["position_ids"],
+                             attention_mask=move["attention_mask"], output_router_logits=True)
+        labels = move["labels"][:, 1:]
+        chosen = labels != IGNORE
+        ce = F.cross_entropy(logits[:, :-1][chosen].float(), labels[chosen], reduction="sum") / batch["norm"]
+        lm = module.lm
+        aux = lm.aux_loss(out, move["attention_mask"]) if out.router_logits else ce.new_zeros(())
+        loss = ce + self.aux_coef * aux if self.kind != "s1" else ce
+        return {"loss": loss, "ce": ce.detach(), "aux": aux.detach()}
+
+    def items(self, batch: dict) -> int:
+        return len(batch["tasks"])
