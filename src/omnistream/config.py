@@ -224,8 +224,9 @@ def _find_text_config(cfg: dict[str, Any]) -> tuple[dict[str, Any], str]:
     mt = cfg.get("model_type", "")
     if mt == "qwen3_omni_moe":
         return _find_text_config({**cfg["thinker_config"], "model_type": "qwen3_omni_moe_thinker"})
-    if mt == "qwen3_omni_moe_thinker":
-        return cfg["text_config"], OMNI
+    if mt == "qwen3_omni_moe_thinker":  # an omni thinker whose LM is hybrid is the Qwen3.5-Omni layout
+        hybrid = cfg["text_config"].get("model_type") in ("qwen3_5_moe_text", "qwen3_5_text", "qwen3_next")
+        return cfg["text_config"], QWEN35 if hybrid else OMNI
     if mt in ("qwen3_omni_moe_text", "qwen3_moe"):
         return cfg, OMNI
     if mt in ("qwen3_5_moe", "qwen3_5"):

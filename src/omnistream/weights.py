@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import defaultdict
@@ -331,3 +332,36 @@ def load_omni(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu"
     load_state_into(talker, convert_talker_state_dict(talker_state), f"{path} (talker)")
     load_state_into(code2wav, c2w_state, f"{path} (code2wav)")
     return thinker, talker.eval(), code2wav.eval(), SpeechTokens.from_hf(raw)
+
+
+def save_omni(path: str | Path, thinker: Thinker, talker, code2wav, tokens, codec=None,
+              dtype: torch.dtype = torch.float16) -> None:
+    """Write a whole speaking model (Thinker with encoders, Talker, Code2Wav, optional audio tokenizer) as one
+    checkpoint that `load_omni` reads back: config.json in the qwen3_omni_moe shape and one safetensors file."""
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    thinker_cfg = {"model_type": "qwen3_omni_moe_thinker", "text_config": thinker.lm.config.to_hf(),
+                   "audio_token_id": thinker.audio_token_id, "image_token_id": thinker.image_token_id,
+                   "video_token_id": thinker.video_token_id}
+    if thinker.audio_tower is not None:
+        thinker_cfg["audio_config"] = dataclasses.asdict(thinker.audio_tower.config)
+    if thinker.visual is not None:
+        thinker_cfg["vision_config"] = dataclasses.asdict(thinker.visual.config)
+    config = {"model_type": "qwen3_omni_moe", "enable_audio_output": True, "thinker_config": thinker_cfg,
+              "talker_config": talker.config.to_hf(), "code2wav_config": dataclasses.asdict(code2wav.config),
+              **dataclasses.asdict(tokens)}
+    tensors = {f"thinker.{'model' if k.startswith('lm.model.') else 'lm_head'}.{k.split('.', 2)[2]}": v
+               for k, v in thinker.state_dict().items() if k.startswith("lm.")}
+    if thinker.lm.config.tie_word_embeddings:
+        tensors.pop("thinker.lm_head.weight", None)
+    for prefix, module in (("thinker.audio_tower.", thinker.audio_tower), ("thinker.visual.", thinker.visual),
+                           ("talker.", talker), ("code2wav.", code2wav)):
+        if module is not None:
+            tensors.update({prefix + k: v for k, v in module.state_dict().items()})
+    if codec is not None:
+        config["codec_config"] = dataclasses.asdict(codec.config)
+        tensors.update({"audio_tokenizer." + k: v for k, v in codec.state_dict().items()
+                        if k.startswith(("encoder.", "quantizer."))})
+    out = {k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous().cpu() for k, v in tensors.items()}
+    save_file(out, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
