@@ -22,9 +22,9 @@ TOKENS = SpeechTokens(im_start_token_id=240, im_end_token_id=241, tts_pad_token_
                       tts_eos_token_id=244, system_token_id=245, user_token_id=246, assistant_token_id=247)
 
 
-def build():
+def build(vocab: int = 256):
     torch.manual_seed(0)
-    thinker = Thinker(tiny_qwen35(), tiny_audio(num_downsample=4, n_window=64, n_window_infer=256), 250,
+    thinker = Thinker(tiny_qwen35(vocab_size=vocab), tiny_audio(num_downsample=4, n_window=64, n_window_infer=256), 250,
                       tiny_vision(out_hidden_size=64), 251, 252)
     talker = Talker(demo_talker_config(64, 2, TokenIds(250, 251, 252, 253, 254), num_code_groups=4,
                                        codebook_size=64, size="tiny"))

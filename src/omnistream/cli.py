@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError
+from .config import QWEN35, ConfigError
 from .engine import SamplingParams, stream
 from .audio.features import AudioError
-from .processor import Processor, StreamDecoder, Tokenizer, TokenizerError
+from .processor import QWEN3_OMNI, QWEN35_OMNI, Processor, StreamDecoder, Tokenizer, TokenizerError
 from .positions import PositionError
 from .thinker import InputError
 from .vision.preprocess import VisionInputError
@@ -21,6 +21,7 @@ from .voice import VoiceCloneError
 from .weights import CheckpointError, load_omni, load_omni_thinker, load_thinker
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEMO_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "demo"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,11 +74,57 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-audio-frames", type=int, default=4096, metavar="N",
                      help="most codec frames (12.5 per second of speech) --speak generates")
     gen.set_defaults(run=run_generate)
+    demo = commands.add_parser("demo", help="answer a spoken question in speech with the demo model",
+                               description="Send a spoken question (the bundled one, or yours) through the whole "
+                                           "stack: the answer streams as text, its speech goes to a wav, and the "
+                                           "per-stage latency table is printed.")
+    demo.add_argument("--checkpoint", default=str(DEMO_CHECKPOINT), metavar="DIR",
+                      help="the model (default: the shipped demo model, checkpoints/demo)")
+    demo.add_argument("--audio", action="append", default=[], metavar="FILE",
+                      help="your spoken question (default: the demo's bundled question.wav); repeatable")
+    demo.add_argument("--image", action="append", default=[], metavar="FILE", help="an image to ask about")
+    demo.add_argument("--video", action="append", default=[], metavar="FILE", help="a video to ask about")
+    demo.add_argument("--prompt", default="", metavar="TEXT", help="text after the media (e.g. the question)")
+    demo.add_argument("--voice", metavar="NAME", help="one of the demo model's speakers")
+    demo.add_argument("--out", default="answer.wav", metavar="FILE", help="where the answer's speech goes")
+    demo.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    demo.add_argument("--max-new-tokens", type=int, default=64, metavar="N")
+    demo.add_argument("--max-audio-frames", type=int, default=600, metavar="N")
+    demo.set_defaults(run=run_demo)
     data = commands.add_parser("data", help="make training data: `omnistream data synth --out DIR --seed S ...`",
                                add_help=False)
     data.add_argument("rest", nargs=argparse.REMAINDER)
     data.set_defaults(run=run_data)
     return parser
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    """`omnistream demo`: the bundled (or given) question through the whole stack, spoken back."""
+    directory = Path(args.checkpoint)
+    if not (directory / "config.json").is_file():
+        raise InputError(f"no model at {directory}: the demo checkpoint is missing (checkpoints/demo ships with "
+                         f"the repository; `make demo-model` trains it again)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: CUDA is not available on this machine")
+    if not (args.audio or args.image or args.video):
+        args.audio = [str(directory / "question.wav")]
+    for path in args.audio + args.image + args.video:
+        if not Path(path).is_file():
+            raise InputError(f"{path}: no such file")
+    from .audio.io import load_audio
+    from .voice import MIN_SPEECH_SECONDS, speech_seconds
+
+    for path in args.audio:
+        heard = speech_seconds(load_audio(path, target_rate=16000, max_seconds=600), 16000)
+        if heard < MIN_SPEECH_SECONDS:
+            raise InputError(f"{path} has no speech to answer ({heard:.2f} s of speech-like sound; at least "
+                             f"{MIN_SPEECH_SECONDS} s is needed)")
+    spoken = argparse.Namespace(
+        checkpoint=str(directory), prompt=args.prompt, system=None, audio=args.audio, image=args.image,
+        video=args.video, use_audio_in_video=False, raw=False, compile=False, dtype="float32", device=args.device,
+        speak=args.out, voice=args.voice, voice_clone=None, voice_description=None, talker_sample=False,
+        language=None, seed=None, max_new_tokens=args.max_new_tokens, max_audio_frames=args.max_audio_frames)
+    run_speak(spoken, SamplingParams())
 
 
 def run_data(args: argparse.Namespace) -> None:
@@ -97,7 +144,9 @@ def _messages(args: argparse.Namespace) -> list[dict]:
     parts = [{"type": "audio", "audio": path} for path in args.audio]
     parts += [{"type": "image", "image": path} for path in args.image]
     parts += [{"type": "video", "video": path, "use_audio_in_video": args.use_audio_in_video} for path in args.video]
-    messages.append({"role": "user", "content": parts + [{"type": "text", "text": args.prompt}]})
+    if args.prompt:
+        parts.append({"type": "text", "text": args.prompt})
+    messages.append({"role": "user", "content": parts})
     return messages
 
 
@@ -122,7 +171,8 @@ def _media_prompt(args: argparse.Namespace, thinker, tokenizer: Tokenizer) -> tu
     lm = thinker.lm
     audio_cfg = None if thinker.audio_tower is None else thinker.audio_tower.config
     vision_cfg = None if thinker.visual is None else thinker.visual.config
-    prompt = Processor(tokenizer, audio_cfg, vision_config=vision_cfg,
+    layout = QWEN35_OMNI if lm.config.layout == QWEN35 else QWEN3_OMNI
+    prompt = Processor(tokenizer, audio_cfg, vision_config=vision_cfg, layout=layout,
                        position_id_per_seconds=_position_id_per_seconds(args.checkpoint))(_messages(args))
 
     def move(x, cast=False):

@@ -87,6 +87,13 @@ def _active_frames(wave: np.ndarray, frame: int) -> tuple[np.ndarray, float]:
     return levels >= max(peak - RELATIVE_DB, FLOOR_DBFS), peak
 
 
+def speech_seconds(wave: np.ndarray, sample_rate: int) -> float:
+    """Seconds of active (speech-like) 20 ms frames in a mono wave, by the module's rule."""
+    if wave.size == 0:
+        return 0.0
+    return float(_active_frames(wave, round(FRAME_SECONDS * sample_rate))[0].sum() * FRAME_SECONDS)
+
+
 @torch.no_grad()
 def encode_voice_clip(source, tokenizer: AudioTokenizer, *, min_seconds: float = 1.0, max_seconds: float = 30.0,
                       description_ids=(), sample_rate: int | None = None) -> VoicePrompt:

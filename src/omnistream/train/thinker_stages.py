@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import QWEN35, AudioConfig, TextConfig, VisionConfig
+from ..config import FULL, LINEAR, QWEN35, AudioConfig, TextConfig, VisionConfig
 from ..data import read_items
 from ..processor import Tokenizer
 from ..thinker import Thinker
+from . import distributed as dist
 from .loop import TrainError
 from .thinker_data import IGNORE, MULTITASK, ExampleBuilder, ThinkerDataset, collate
 from .tokenizer import special_ids
@@ -45,14 +46,16 @@ MEDIA_KEYS = ("audio_features", "audio_lengths", "pixel_values", "image_grid_thw
 
 
 def demo_thinker_configs(vocab_size: int, size: str = "demo") -> tuple[TextConfig, AudioConfig, VisionConfig]:
-    """(text, audio, vision) configs of the demo Thinker: a Qwen3.5 hybrid MoE LM (3 Gated DeltaNet : 1 gated
-    attention layers, top-2 of 8 experts plus a shared expert), a Qwen3.5-Omni AuT (128 mel bins, four stride-2
+    """(text, audio, vision) configs of the demo Thinker: a Qwen3.5 hybrid MoE LM (demo: 6 layers, two Gated
+    DeltaNet then one gated attention, twice, so the last layer attends as Qwen3.5's does; tiny: 3 : 1; top-2 of 8
+    experts (tiny: of 4) plus a shared expert), a Qwen3.5-Omni AuT (128 mel bins, four stride-2
     Conv2D blocks: 1.28 s chunks of 8 tokens, 6.25 Hz) and a Qwen3-VL-style ViT (16-pixel patches, 2 frames per
-    temporal patch, 2x2 merge, one deepstack layer). "demo": about 8.2M parameters with a 2048 vocabulary;
-    "tiny": about 0.4M, for tests."""
+    temporal patch, 2x2 merge, one deepstack layer). "demo": 8.55M parameters with a 2048 vocabulary (LM 5.90M,
+    of which 1.05M embeddings and head; audio 1.20M; vision 1.44M), 17.1 MB in fp16; "tiny": 0.45-0.6M, for tests."""
     if size == "demo":
         text = TextConfig(
-            layout=QWEN35, vocab_size=vocab_size, hidden_size=256, num_hidden_layers=6, num_attention_heads=4,
+            layout=QWEN35, vocab_size=vocab_size, hidden_size=256, num_hidden_layers=6, layer_types=[LINEAR, LINEAR,
+            FULL] * 2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=64, linear_num_key_heads=2, linear_num_value_heads=4,
             linear_key_head_dim=64, linear_value_head_dim=64, num_experts=8, num_experts_per_tok=2,
             moe_intermediate_size=64, shared_expert_intermediate_size=192, rope_theta=1e5,
@@ -151,7 +154,8 @@ class ThinkerStage:
         elif self.kind == "s1":
             for m in encoders:
                 m.requires_grad_(True)
-        return thinker.to(self.device)
+        # under torchrun dist.wrap places each rank's shard on its own GPU
+        return thinker if dist.launched() else thinker.to(self.device)
 
     def indices(self, step: int) -> list[int]:
         """Example indices of the global batch of `step`."""

@@ -1,0 +1,234 @@
+"""Thinker training: the dataset's tokenizer, items -> examples -> batches, and the four stages on a tiny model."""
+
+import shutil
+
+import pytest
+import torch
+
+from omnistream.config import AudioConfig, VisionConfig
+from omnistream.processor import IM_END, Processor, Tokenizer
+from omnistream.train import TrainConfig, TrainError, train
+from omnistream.train.thinker_data import IGNORE, ExampleBuilder, ThinkerDataset, collate, corpus_texts
+from omnistream.train.thinker_stages import (
+    MEDIA_KEYS,
+    ThinkerStage,
+    build_thinker,
+    demo_thinker_configs,
+    parameter_counts,
+)
+from omnistream.train.tokenizer import SPECIAL, TokenizerTrainingError, special_ids, train_tokenizer
+
+TEXTS = [
+    "The cat has forty-six books.", "Seventeen plus twenty-five is forty-two.",
+    "The number after ninety-seven is ninety-eight.", "<1.5 seconds> A red triangle appears.",
+    "五乘以五等于二十五。", "农民有八十六支铅笔。", "图片里有三个图形。",
+    "Setenta más veintiocho es igual a noventa y ocho.", "Mi hermano tiene noventa y siete platos.",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a busy 2-core machine a second thread mostly waits for the first."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --- tokenizer -----------------------------------------------------------------------------------------------
+
+def test_tokenizer_round_trips_three_languages_with_single_role_and_special_ids(tmp_path):
+    ids = train_tokenizer(TEXTS, tmp_path / "a", vocab_size=600)
+    tok = Tokenizer(tmp_path / "a")
+    assert ids["vocab_size"] == tok.vocab_size <= 600
+    for text in TEXTS + ["Unseen words, 未见过的字龘, ¿qué tal? 12345", "<|im_start|>user\nhola<|im_end|>\n"]:
+        assert tok.decode(tok.encode(text), skip_special_tokens=False) == text
+    for text in ("五乘以五等于二十五", "农民有八十六支铅笔"):  # seen characters: one id each, never bytes
+        assert len(tok.encode(text)) == len(text)
+    assert len(tok.encode("Seventeen plus twenty-five is forty-two.")) <= 10
+    for role in ("system", "user", "assistant"):
+        assert tok.encode(f"<|im_start|>{role}\n") == [ids["im_start_token_id"], ids[f"{role}_token_id"],
+                                                      tok.encode("\n")[0]]
+    named = [v for k, v in ids.items() if k.endswith("_token_id") and k not in ("pad_token_id", "eos_token_id")]
+    assert len(named) == len(set(named)) == 18
+    assert ids["pad_token_id"] == ids["endoftext_token_id"] and tok.eos_ids[0] == ids["im_end_token_id"]
+    assert tok.decode([ids["tts_pad_token_id"], ids["user_token_id"]]) == "user"  # specials dropped, roles kept
+    assert all(tok.token_to_id(t) is not None for t in SPECIAL)
+    proc = Processor(tok, AudioConfig(), vision_config=VisionConfig(), layout="qwen3.5-omni")
+    assert min(vars(proc.token_ids).values()) >= 0
+    train_tokenizer(TEXTS, tmp_path / "b", vocab_size=600)
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
+    with pytest.raises(TokenizerTrainingError, match="below the byte alphabet"):
+        train_tokenizer(TEXTS, tmp_path / "c", vocab_size=100)
+
+
+# --- data ----------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """16 synthetic items (two of each task) and a tokenizer trained on their texts."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    from omnistream.data import read_items, synthesize
+
+    root = tmp_path_factory.mktemp("thinker")
+    path = synthesize(root / "data", seed=0, num=16)
+    items = read_items(path)
+    train_tokenizer(corpus_texts(items), root / "tok", vocab_size=2048)
+    return root, items, Tokenizer(root / "tok")
+
+
+@pytest.fixture(scope="module")
+def tiny(dataset):
+    root, items, tok = dataset
+    ids = special_ids(tok)
+    _, audio, vision = demo_thinker_configs(ids["vocab_size"], "tiny")
+    torch.manual_seed(0)
+    return ExampleBuilder(tok, audio, vision), build_thinker("tiny", ids), ids
+
+
+def _media(e):
+    kw = {}
+    if e.audio_features is not None:
+        kw.update(audio_features=e.audio_features, audio_lengths=e.audio_lengths)
+    if e.pixel_values is not None:
+        kw.update(pixel_values=e.pixel_values, image_grid_thw=e.image_grid_thw)
+    if e.pixel_values_videos is not None:
+        kw.update(pixel_values_videos=e.pixel_values_videos, video_grid_thw=e.video_grid_thw)
+    return kw
+
+
+def test_every_task_becomes_an_example_the_thinker_runs_alone_and_left_padded(dataset, tiny):
+    _, items, tok = dataset
+    builder, model, ids = tiny
+    examples = [builder.item(it) for it in items[:8]]  # one item of each task
+    assert sorted(e.task for e in examples) == sorted({it["task"] for it in items})
+    for it, e in zip(items, examples):
+        target = e.labels[e.labels != IGNORE].tolist()
+        assert tok.decode(target, skip_special_tokens=False) == it["reply"] + IM_END
+        first = int((e.labels != IGNORE).nonzero()[0])
+        assert (e.labels[first:] != IGNORE).all()  # the targets are the sequence's tail
+        assert tok.decode(e.input_ids[first - 3 : first].tolist(), False) == "<|im_start|>assistant\n"
+        assert e.position_ids.shape == (3, len(e)) and (e.position_ids[0, 1:] >= e.position_ids[0, :-1]).all()
+        assert (e.position_ids[:, first:].diff() == 1).all()  # the reply counts on one by one
+        kinds = {p["type"] for p in it["messages"][0]["content"]}
+        assert ("audio" in kinds) == (e.audio_features is not None)
+        assert ("image" in kinds) == (e.pixel_values is not None)
+        assert ("video" in kinds) == (e.pixel_values_videos is not None)
+    batch = collate(examples, ids["pad_token_id"])
+    assert batch["targets"] == sum(e.targets for e in examples)
+    with torch.no_grad():
+        logits, _ = model(batch["input_ids"], **{k: batch[k] for k in MEDIA_KEYS if k in batch},
+                          position_ids=batch["position_ids"], attention_mask=batch["attention_mask"])
+        assert torch.isfinite(logits).all()
+        for row, e in enumerate(examples):
+            alone, _ = model(e.input_ids[None], **_media(e), position_ids=e.position_ids[:, None])
+            assert torch.allclose(alone[0], logits[row, -len(e):], atol=1e-4)
+
+
+def test_long_examples_are_recordings_with_timestamps_and_multi_turn_dialogues(dataset, tiny):
+    _, items, tok = dataset
+    builder, _, _ = tiny
+    data = ThinkerDataset(items, builder, "long", seed=0)
+    seen = set()
+    for i in range(6):
+        kind, idx = data.plan(i)
+        assert data.plan(i) == (kind, idx) and 2 <= len(idx) <= 4
+        count = data.target_count(i)
+        e = data.example(i)
+        assert e.targets == count  # the cheap count (used to normalise the loss) is exact
+        text = tok.decode(e.input_ids.tolist(), skip_special_tokens=False)
+        target = tok.decode(e.labels[e.labels != IGNORE].tolist(), skip_special_tokens=False)
+        parts = [data.items[j] for j in idx]
+        if kind == "recording":
+            assert len({p["language"] for p in parts}) == 1 and e.audio_lengths and len(e.audio_lengths) == 1
+            lines = target.removesuffix(IM_END).split("\n")
+            assert len(lines) == len(parts)
+            for line, p in zip(lines[1:], parts[1:]):
+                stamp = line[: line.index(">") + 1]
+                assert stamp in text.split("<|im_start|>assistant")[0]  # the audio carries that timestamp
+            assert all(line.endswith(p["reply"]) for line, p in zip(lines, parts))
+        else:
+            assert target == "".join(p["reply"] + IM_END for p in parts)
+            assert text.count("<|im_start|>user") == len(parts)
+        seen.add(kind)
+    assert seen == {"recording", "dialogue"}
+
+
+def test_batches_are_deterministic_and_ranks_add_up_to_the_global_batch(dataset):
+    root, _, _ = dataset
+    stage = ThinkerStage("s2", root / "data", root / "tok", size="tiny", batch_size=4, seed=3)
+    again = ThinkerStage("s2", root / "data", root / "tok", size="tiny", batch_size=4, seed=3)
+    assert [stage.indices(s) for s in range(5)] == [again.indices(s) for s in range(5)]
+    walk = [i for s in range(3) for i in stage.indices(s)]  # 12 positions over 12 chat items: one epoch
+    assert sorted(walk) == list(range(len(stage.data)))
+    model = stage.module()
+    whole = stage.batch(1, 0, 1)
+    halves = [stage.batch(1, r, 2) for r in range(2)]
+    unpadded = [row[m == 1].tolist() for b in [whole] for row, m in zip(b["input_ids"], b["attention_mask"])]
+    split = [row[m == 1].tolist() for b in halves for row, m in zip(b["input_ids"], b["attention_mask"])]
+    assert unpadded == split
+    with torch.no_grad():
+        ce = stage.loss(model, whole)["ce"]
+        ranks = [stage.loss(model, b)["ce"] for b in halves]
+    assert torch.allclose(ce, sum(ranks) / 2, atol=1e-5)  # what dist.mean logs, and the averaged gradient
+    with pytest.raises(TrainError, match="not a multiple of the 3 ranks"):
+        stage.batch(0, 0, 3)
+    with pytest.raises(TrainError, match="unknown thinker stage"):
+        ThinkerStage("s4", root / "data", root / "tok")
+
+
+# --- stages --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def chain(dataset):
+    """text -> s1 -> s2 -> s3, each 20 steps at a high lr on a fixed subset, each starting from the one before."""
+    root, _, _ = dataset
+    runs, init = {}, None
+    for kind, subset, lr in (("text", 4, 3e-3), ("s1", 6, 1e-2), ("s2", 6, 3e-3), ("s3", 4, 3e-3)):
+        stage = ThinkerStage(kind, root / "data", root / "tok", size="tiny", init=init, batch_size=subset,
+                             limit=subset)
+        out = root / kind
+        history = train(stage, out, TrainConfig(steps=20, lr=lr, warmup=2, log_every=1, save_every=20,
+                                                progress=False), resume=False)
+        runs[kind] = (history, torch.load(out / "checkpoint.pt", weights_only=False)["model"])
+        init = out / "checkpoint.pt"
+    return runs
+
+
+@pytest.mark.parametrize("kind,factor", [("text", 0.5), ("s1", 0.99), ("s2", 0.5), ("s3", 0.5)])
+def test_each_stage_lowers_its_loss(chain, kind, factor):
+    history, _ = chain[kind]
+    ce, aux = history.losses["ce"], history.losses["aux"]
+    assert len(ce) == 20 and all(torch.isfinite(torch.tensor(ce)))
+    first, last = sum(ce[:3]) / 3, sum(ce[-3:]) / 3
+    assert last < factor * first, (kind, ce)
+    assert all(0.5 < a < 4 for a in aux)  # top-2 of 4 experts: 2.0 when balanced
+
+
+def test_s1_trains_only_the_encoders_and_text_only_the_lm(dataset, chain):
+    _, _, tok = dataset
+    text, s1, s2 = (chain[k][1] for k in ("text", "s1", "s2"))
+    lm = [k for k in text if k.startswith("lm.")]
+    encoders = [k for k in text if k.startswith(("audio_tower.", "visual."))]
+    assert lm and encoders and set(lm) | set(encoders) == set(text)
+    assert all(torch.equal(text[k], s1[k]) for k in lm)  # s1: the language model bit for bit
+    changed = [k for k in encoders if not torch.equal(text[k], s1[k])]
+    assert any(k.startswith("audio_tower.") for k in changed) and any(k.startswith("visual.") for k in changed)
+    assert "audio_tower.proj2.weight" in changed and "visual.merger.mlp.2.weight" in changed  # the projections
+    torch.manual_seed(0)  # the text stage left the encoders at their (seeded) initialisation
+    fresh = build_thinker("tiny", special_ids(tok)).state_dict()
+    assert all(torch.equal(fresh[k], text[k]) for k in encoders)
+    assert not all(torch.equal(fresh[k], text[k]) for k in lm)
+    assert sum(not torch.equal(s1[k], s2[k]) for k in lm) > len(lm) // 2  # s2 trains the LM too
+
+
+def test_demo_size_fits_the_budget():
+    counts = parameter_counts(build_thinker("demo", {"vocab_size": 2048, "eos_token_id": 2, "pad_token_id": 0,
+                                                     "audio_token_id": 5, "image_token_id": 8,
+                                                     "video_token_id": 9}))
+    assert 6e6 < counts["total"] < 9e6 and counts["audio"] > 5e5 and counts["vision"] > 5e5
+    text, audio, vision = demo_thinker_configs(2048, "demo")
+    assert audio.num_downsample == 4 and audio.chunk_frames == 128 and audio.num_mel_bins == 128
+    assert text.layer_types.count("full_attention") >= 1 and text.layer_types.count("linear_attention") >= 3
+    assert audio.output_dim == vision.out_hidden_size == text.hidden_size
