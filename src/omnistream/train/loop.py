@@ -136,7 +136,10 @@ def train(stage: Stage, out: str | Path, cfg: TrainConfig, resume: bool = True, 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    module = dist.wrap(stage.module())
+    module = stage.module()
+    if torch.cuda.is_available() and not dist.launched():
+        module = module.cuda()
+    module = dist.wrap(module)
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise TrainError(f"stage {stage.name!r} has no trainable parameters")
