@@ -19,6 +19,15 @@ STEPS, STOP = 30, 15  # tiny preset: dead codes re-seeded at steps 10 and 20, so
 CFG = dict(steps=STEPS, lr=3e-3, warmup=3, log_every=1, save_every=10, progress=False)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a busy 2-core machine a second thread mostly waits for the first (10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     from omnistream.data import synthesize

@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-new-tokens", type=int, default=64, metavar="N")
     demo.add_argument("--max-audio-frames", type=int, default=600, metavar="N")
     demo.set_defaults(run=run_demo)
+    tr = commands.add_parser("train", help="train a stage of the recipe: `omnistream train STAGE --data D --work W`",
+                             add_help=False)
+    tr.add_argument("rest", nargs=argparse.REMAINDER)
+    tr.set_defaults(run=run_train)
     data = commands.add_parser("data", help="make training data: `omnistream data synth --out DIR --seed S ...`",
                                add_help=False)
     data.add_argument("rest", nargs=argparse.REMAINDER)
@@ -125,6 +129,15 @@ def run_demo(args: argparse.Namespace) -> None:
         speak=args.out, voice=args.voice, voice_clone=None, voice_description=None, talker_sample=False,
         language=None, seed=None, max_new_tokens=args.max_new_tokens, max_audio_frames=args.max_audio_frames)
     run_speak(spoken, SamplingParams())
+
+
+def run_train(args: argparse.Namespace) -> None:
+    """`omnistream train STAGE ...` (see omnistream.train.recipe)."""
+    from .train.recipe import main as train_main
+
+    code = train_main(args.rest)
+    if code:
+        raise SystemExit(code)
 
 
 def run_data(args: argparse.Namespace) -> None:
@@ -352,6 +365,14 @@ def run_speak(args: argparse.Namespace, sampling: SamplingParams) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; user errors print `omnistream: error: ...` and exit with status 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # its own parser: `omnistream train --help` lists the stages
+        from .train.recipe import main as train_main
+
+        code = train_main(argv[1:])
+        if code:
+            raise SystemExit(code)
+        return 0
     args = build_parser().parse_args(argv)
     try:
         args.run(args)

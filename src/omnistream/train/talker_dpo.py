@@ -68,13 +68,31 @@ def transcribe(pcm, language: str, thinker: Thinker, tokenizer: Tokenizer, proce
     return tokenizer.decode(out.tokens[0].tolist(), skip_special_tokens=True)
 
 
+@torch.no_grad()
+def transcript_loss(pcm, reply: str, language: str, thinker: Thinker, tokenizer: Tokenizer) -> float:
+    """Mean negative log-likelihood the Thinker gives the reply as the transcript of 24 kHz speech (lower: clearer)."""
+    from .thinker_data import ExampleBuilder
+
+    audio = thinker.audio_tower.config
+    vision = thinker.visual.config if thinker.visual is not None else None
+    buf = io.BytesIO()
+    soundfile.write(buf, pcm, SAMPLE_RATE, format="WAV")
+    message = {"role": "user", "content": [{"type": "audio", "audio": buf.getvalue()},
+                                           {"type": "text", "text": transcribe_prompt(language)}]}
+    ex = ExampleBuilder(tokenizer, audio, vision).chat([(message, reply)], task="transcribe")
+    logits, _ = thinker(ex.input_ids[None], ex.audio_features, ex.audio_lengths, position_ids=ex.position_ids[:, None])
+    labels = ex.labels[1:]
+    keep = labels != IGNORE
+    return float(F.cross_entropy(logits[0, :-1][keep].float(), labels[keep]))
+
+
 @dataclass
 class PreferencePair:
     """Two renderings of one reply: the better-transcribed one and the worse, with their error rates."""
 
     chosen: TalkerItem
     rejected: TalkerItem
-    errors: tuple[float, float]
+    errors: tuple[float, float]  # transcript error rates of chosen and rejected
 
 
 @torch.no_grad()
@@ -83,8 +101,8 @@ def preference_pairs(raw: list[dict], items: list[TalkerItem], thinker: Thinker,
                      seed: int = 0, max_frames: int = 400, transcriber=None) -> list[PreferencePair]:
     """Sample `samples` renderings per item with the current Talker and pair the best with the worst.
 
-    `transcriber(pcm, record) -> text` defaults to the Thinker's own transcription (`transcribe`) in the record's
-    language."""
+    Ranking key: the error rate of the Thinker's transcript (`transcriber(pcm, record) -> text`, by default
+    `transcribe` in the record's language), ties broken by the Thinker's loss on the reply as the transcript."""
     if samples < 2:
         raise TalkerDataError(f"preference pairs need at least 2 samples per item, got {samples}")
     pairs = []
@@ -104,11 +122,12 @@ def preference_pairs(raw: list[dict], items: list[TalkerItem], thinker: Thinker,
                 continue
             heard = (transcriber(result.pcm, record) if transcriber is not None
                      else transcribe(result.pcm, record["language"], thinker, tokenizer, processor))
-            scored.append((error_rate(heard, record["reply"], record["language"]), result.codes))
+            loss = transcript_loss(result.pcm, record["reply"], record["language"], thinker, tokenizer)
+            scored.append(((error_rate(heard, record["reply"], record["language"]), loss), result.codes))
         scored.sort(key=lambda s: s[0])
         if len(scored) >= 2 and scored[0][0] < scored[-1][0]:
             pairs.append(PreferencePair(replace(item, codes=scored[0][1]), replace(item, codes=scored[-1][1]),
-                                        (scored[0][0], scored[-1][0])))
+                                        (scored[0][0][0], scored[-1][0][0])))
     return pairs
 
 

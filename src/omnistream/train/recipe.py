@@ -1,0 +1,226 @@
+"""`omnistream train STAGE`: the paper's recipe, scaled down, as resumable stages over one work directory.
+
+Order (each stage starts from the checkpoint the one before it left in WORK):
+  tokenizer -> codec -> thinker-text -> thinker-s1 -> thinker-s2 -> thinker-s3
+  -> talker-general -> talker-long -> talker-dpo -> talker-speaker -> export
+  (talker-fixed: the fixed-rate twin of talker-general, same budget, for the ARIA ablation)
+WORK/<stage>/ holds checkpoint.pt, loss.png and history.json; WORK/tokenizer the tokenizer; WORK/codec/export the
+frozen codec; `export` writes WORK/demo (fp16 safetensors + config + tokenizer + a spoken question), the layout of
+checkpoints/demo. A stopped stage resumes where it stopped when run again (unless --fresh). Under
+`torchrun --nproc_per_node N -m omnistream.cli train STAGE ...` the stage runs sharded with FSDP2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..data import read_items
+from .loop import TrainConfig, TrainError, train
+
+STAGES = ("tokenizer", "codec", "thinker-text", "thinker-s1", "thinker-s2", "thinker-s3", "talker-general",
+          "talker-fixed", "talker-long", "talker-dpo", "talker-speaker", "export")
+PREVIOUS = {"thinker-s1": "thinker-text", "thinker-s2": "thinker-s1", "thinker-s3": "thinker-s2",
+            "talker-long": "talker-general", "talker-dpo": "talker-long", "talker-speaker": "talker-dpo"}
+# default (steps, lr, batch) per stage at the demo size; --steps / --lr / --batch override
+DEFAULTS = {"codec": (3000, 1e-3, 8), "thinker-text": (1500, 2e-3, 16), "thinker-s1": (400, 2e-3, 8),
+            "thinker-s2": (3000, 1e-3, 8), "thinker-s3": (400, 5e-4, 4), "talker-general": (3000, 1e-3, 8),
+            "talker-fixed": (3000, 1e-3, 8), "talker-long": (300, 5e-4, 4), "talker-dpo": (100, 1e-5, 4),
+            "talker-speaker": (300, 5e-4, 8)}
+QUESTION = "What is seventeen plus twenty-five?"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of `omnistream train`."""
+    p = argparse.ArgumentParser(prog="omnistream train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=STAGES)
+    p.add_argument("--data", required=True, metavar="DIR", help="output of `omnistream data synth` (train.jsonl)")
+    p.add_argument("--work", required=True, metavar="DIR", help="where every stage keeps its checkpoints")
+    p.add_argument("--size", choices=("tiny", "demo"), default="demo")
+    p.add_argument("--steps", type=int, metavar="N")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch", type=int, metavar="B")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=100, metavar="N")
+    p.add_argument("--vocab-size", type=int, default=2048, metavar="N", help="tokenizer stage: BPE size")
+    p.add_argument("--log-every", type=int, default=10, metavar="N", help="steps per logged (averaged) loss point")
+    p.add_argument("--dpo-items", type=int, default=64, metavar="N", help="talker-dpo: items sampled for pairs")
+    p.add_argument("--dpo-samples", type=int, default=4, metavar="N", help="talker-dpo: renderings per item")
+    p.add_argument("--dpo-frames", type=int, default=300, metavar="N", help="talker-dpo: most frames a rendering has")
+    p.add_argument("--fresh", action="store_true", help="start the stage over instead of resuming it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _checkpoint(work: Path, stage: str) -> Path:
+    path = work / stage / "checkpoint.pt"
+    if not path.is_file():
+        raise TrainError(f"{path} does not exist: run `omnistream train {stage}` first")
+    return path
+
+
+def _model_state(work: Path, stage: str) -> dict:
+    return torch.load(_checkpoint(work, stage), map_location="cpu", weights_only=False)["model"]
+
+
+def _thinker(work: Path, size: str):
+    """The trained Thinker (thinker-s3), frozen, with its tokenizer and special ids."""
+    from ..processor import Tokenizer
+    from .thinker_stages import build_thinker
+    from .tokenizer import special_ids
+
+    tok = Tokenizer(work / "tokenizer")
+    ids = special_ids(tok)
+    thinker = build_thinker(size, ids)
+    thinker.load_state_dict(_model_state(work, "thinker-s3"))
+    return thinker.eval().requires_grad_(False), tok, ids
+
+
+def _talker_config(thinker, ids: dict, codec, size: str):
+    """The demo Talker config that fits this Thinker (width, accept layer = the middle one), tokenizer and codec."""
+    from ..positions import TokenIds
+    from .talker_stages import demo_talker_config
+
+    text = thinker.lm.config
+    placeholders = TokenIds(*(ids[k] for k in ("audio_token_id", "image_token_id", "video_token_id",
+                                               "vision_start_token_id", "audio_start_token_id")))
+    return demo_talker_config(text.hidden_size, text.num_hidden_layers // 2, placeholders,
+                              codec.config.num_quantizers, codec.config.codebook_size, size)
+
+
+def _talker_setup(work: Path, data: Path, size: str):
+    """Frozen Thinker and codec, the Talker config, and the TalkerItems of every item with target speech (cached)."""
+    from ..voice import load_audio_tokenizer
+    from .talker_data import default_processor, speech_tokens, talker_item
+
+    thinker, tok, ids = _thinker(work, size)
+    codec = load_audio_tokenizer(work / "codec" / "export").eval()
+    config = _talker_config(thinker, ids, codec, size)
+    raw = [r for r in read_items(data / "train.jsonl") if "target_speech" in r]
+    cache = work / "talker-items.pt"
+    if cache.is_file():
+        items = torch.load(cache, weights_only=False)
+    else:
+        from ..talker import Talker
+
+        shell, processor = Talker(config), default_processor(tok, thinker)
+        items = [talker_item(r, data, thinker, shell, codec, processor, tok) for r in raw]
+        torch.save(items, cache)
+    return thinker, tok, speech_tokens(tok), config, raw, items
+
+
+def _stage(args: argparse.Namespace, work: Path, data: Path):
+    """The Stage object for a trainable stage name."""
+    name, size = args.stage, args.size
+    batch = args.batch or DEFAULTS[name][2]
+    if name == "codec":
+        from .codec_stage import CodecStage
+
+        make = CodecStage.tiny if size == "tiny" else CodecStage.demo
+        return make(data, seed=args.seed, batch_size=batch)
+    if name.startswith("thinker-"):
+        from .thinker_stages import ThinkerStage
+
+        init = _checkpoint(work, PREVIOUS[name]) if name in PREVIOUS else None
+        return ThinkerStage(name.split("-", 1)[1], data, work / "tokenizer", size, init, batch_size=batch,
+                            seed=args.seed)
+    thinker, tok, tokens, config, raw, items = _talker_setup(work, data, size)
+    init = _model_state(work, PREVIOUS[name]) if name in PREVIOUS else None
+    if name == "talker-dpo":
+        from ..talker import Talker
+        from .codec_stage import load_code2wav
+        from .talker_data import default_processor
+        from .talker_dpo import DpoStage, preference_pairs
+
+        talker = Talker(config)
+        talker.load_state_dict({k[len("talker."):]: v for k, v in init.items()})
+        code2wav = load_code2wav(work / "codec" / "export")
+        pick = [(r, it) for r, it in zip(raw, items) if it.voice is None][:args.dpo_items]
+        pairs = preference_pairs([r for r, _ in pick], [it for _, it in pick], thinker, talker.eval(), code2wav,
+                                 tokens, tok, default_processor(tok, thinker), data, samples=args.dpo_samples,
+                                 seed=args.seed, max_frames=args.dpo_frames)
+        print(f"talker-dpo: {len(pairs)} preference pairs from {len(pick)} items", file=sys.stderr)
+        return DpoStage(pairs, thinker, tokens, talker, batch_size=batch, seed=args.seed)
+    from .talker_stages import TalkerStage
+
+    return TalkerStage(name.split("-", 1)[1], items, thinker, tokens, config, batch_size=batch, seed=args.seed,
+                       init=init)
+
+
+def _tokenizer(work: Path, data: Path, vocab_size: int) -> None:
+    from .thinker_data import corpus_texts
+    from .tokenizer import train_tokenizer
+
+    ids = train_tokenizer(corpus_texts(read_items(data / "train.jsonl")), work / "tokenizer", vocab_size)
+    print(f"tokenizer: {ids['vocab_size']} ids -> {work / 'tokenizer'}", file=sys.stderr)
+
+
+def export(work: Path, size: str, out: Path | None = None) -> Path:
+    """Assemble the demo checkpoint: Thinker (s3), Talker (speaker stage), codec; fp16; tokenizer; a question."""
+    import soundfile
+
+    from ..data.voices import ROSTER, speak
+    from ..talker import Talker
+    from ..voice import load_audio_tokenizer
+    from ..weights import save_omni
+    from .codec_stage import load_code2wav
+    from .talker_data import speech_tokens
+
+    out = out or work / "demo"
+    thinker, tok, ids = _thinker(work, size)
+    codec = load_audio_tokenizer(work / "codec" / "export")
+    code2wav = load_code2wav(work / "codec" / "export")
+    state = _model_state(work, "talker-speaker")
+    talker = Talker(_talker_config(thinker, ids, codec, size))
+    talker.load_state_dict({k[len("talker."):]: v for k, v in state.items()})
+    save_omni(out, thinker, talker, code2wav, speech_tokens(tok), codec)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(work / "tokenizer" / name, out / name)
+    voice = next(v for v in ROSTER if v.split == "eval" and v.language == "en")
+    soundfile.write(out / "question.wav", speak(QUESTION, voice), 24000, subtype="PCM_16")
+    size_mb = sum(f.stat().st_size for f in out.iterdir()) / 1e6
+    print(f"export: {out} ({size_mb:.1f} MB)", file=sys.stderr)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one stage; problems print `omnistream: error: ...` and return 2."""
+    args = build_parser().parse_args(argv)
+    work, data = Path(args.work), Path(args.data)
+    start = time.perf_counter()
+    try:
+        if not (data / "train.jsonl").is_file():
+            raise TrainError(f"no {data / 'train.jsonl'}; write it with `omnistream data synth --out {data}`")
+        work.mkdir(parents=True, exist_ok=True)
+        if args.stage == "tokenizer":
+            _tokenizer(work, data, args.vocab_size)
+        elif args.stage == "export":
+            export(work, args.size)
+        else:
+            steps, lr, _ = DEFAULTS[args.stage]
+            steps = args.steps or steps
+            cfg = TrainConfig(steps=steps, lr=args.lr or lr, warmup=min(50, steps // 10 + 1), seed=args.seed,
+                              save_every=args.save_every, log_every=min(args.log_every, steps), progress=not args.quiet)
+            stage = _stage(args, work, data)
+            history = train(stage, work / args.stage, cfg, resume=not args.fresh)
+            if args.stage == "codec":
+                from .codec_stage import save_codec
+
+                module = stage.module()
+                module.load_state_dict(_model_state(work, "codec"))
+                save_codec(module, work / "codec" / "export")
+            last = {k: round(v[-1], 4) for k, v in history.losses.items()} if history.steps else {}
+            (work / args.stage / "summary.json").write_text(json.dumps(
+                {"steps": cfg.steps, "seconds": history.seconds, "last": last}, indent=2))
+    except (TrainError, ValueError, OSError) as e:
+        print(f"omnistream: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.stage}: done in {time.perf_counter() - start:.0f} s -> {work}", file=sys.stderr)
+    return 0

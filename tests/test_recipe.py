@@ -1,0 +1,79 @@
+"""The whole recipe at the tiny size: every stage trains a few steps and its loss falls; export makes a model that
+`omnistream demo` runs; a stopped stage resumes."""
+
+import json
+import shutil
+
+import pytest
+
+from omnistream import cli
+from omnistream.data import synthesize
+
+# stage -> extra arguments (a high lr so a few steps show learning)
+PLAN = [
+    ("codec", ["--steps", "12", "--lr", "3e-3", "--batch", "4"]),
+    ("thinker-text", ["--steps", "10", "--lr", "1e-2", "--batch", "4"]),
+    ("thinker-s1", ["--steps", "6", "--lr", "1e-2", "--batch", "4"]),
+    ("thinker-s2", ["--steps", "10", "--lr", "1e-2", "--batch", "4"]),
+    ("thinker-s3", ["--steps", "6", "--lr", "5e-3", "--batch", "2"]),
+    ("talker-general", ["--steps", "10", "--lr", "3e-3", "--batch", "2"]),
+    ("talker-fixed", ["--steps", "10", "--lr", "3e-3", "--batch", "2"]),
+    ("talker-long", ["--steps", "6", "--lr", "3e-3", "--batch", "2"]),
+    ("talker-dpo", ["--steps", "6", "--lr", "3e-3", "--batch", "2", "--dpo-items", "2", "--dpo-samples", "2",
+                    "--dpo-frames", "30"]),
+    ("talker-speaker", ["--steps", "6", "--lr", "3e-3", "--batch", "2"]),
+]
+FALLS = {"codec", "thinker-text", "thinker-s2", "talker-general", "talker-fixed", "talker-dpo"}
+
+
+def run(argv):
+    try:
+        return cli.main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    data, work = tmp_path_factory.mktemp("data"), tmp_path_factory.mktemp("work")
+    synthesize(data, seed=0, num=16)
+    common = ["--data", str(data), "--work", str(work), "--size", "tiny", "--quiet", "--log-every", "1"]
+    assert run(["train", "tokenizer"] + common) == 0
+    for stage, extra in PLAN:
+        assert run(["train", stage] + common + extra) == 0, stage
+    assert run(["train", "export"] + common) == 0
+    return data, work, common
+
+
+@pytest.mark.parametrize("stage", [s for s, _ in PLAN])
+def test_stage_trained_and_its_loss_fell(recipe, stage):
+    _, work, _ = recipe
+    history = json.loads((work / stage / "history.json").read_text())
+    loss = history["losses"]["loss"]
+    assert len(loss) >= 6 and all(v == v for v in loss)  # logged every step, never NaN
+    if stage in FALLS:
+        assert min(loss[-3:]) < 0.9 * max(loss[:2]), loss
+    assert (work / stage / "loss.png").stat().st_size > 1000
+
+
+def test_export_runs_in_the_demo(recipe, tmp_path, capsys):
+    _, work, _ = recipe
+    demo = work / "demo"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "question.wav"} <= {f.name for f in demo.iterdir()}
+    out = tmp_path / "answer.wav"
+    assert run(["demo", "--checkpoint", str(demo), "--out", str(out), "--max-new-tokens", "6",
+                "--max-audio-frames", "20"]) == 0
+    assert out.stat().st_size > 44 and "first audio packet" in capsys.readouterr().err
+
+
+def test_a_stopped_stage_resumes_and_bad_requests_are_explained(recipe, capsys):
+    data, work, common = recipe
+    before = json.loads((work / "talker-general" / "history.json").read_text())["steps"][-1]
+    assert run(["train", "talker-general"] + common + ["--steps", "12", "--lr", "3e-3", "--batch", "2"]) == 0
+    after = json.loads((work / "talker-general" / "history.json").read_text())["steps"]
+    assert before == 10 and after[-1] == 12 and after.count(11) == 1  # two more steps, not twelve
+    capsys.readouterr()
+    assert run(["train", "thinker-s1", "--data", str(work), "--work", str(work)]) == 2
+    assert "train.jsonl" in capsys.readouterr().err
