@@ -2,7 +2,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: test setup speech run bench clean
+.PHONY: test setup speech run bench clean demo demo-model
+
+# the self-trained demo model: data and checkpoints live outside git (regenerated from SEED)
+DATA ?= runs/data
+WORK ?= runs/work
+SEED ?= 0
+TRAIN_ITEMS ?= 4000
+EVAL_ITEMS ?= 400
+RECIPE := tokenizer codec thinker-text thinker-s1 thinker-s2 thinker-s3 talker-general talker-fixed talker-long \
+	talker-dpo talker-speaker export
 
 CHECKPOINT ?=
 PROMPT ?= Give me a one-sentence summary of what a Mixture-of-Experts model is.
@@ -30,6 +39,17 @@ run: setup
 
 bench: setup
 	$(PY) benchmarks/thinker_cpu.py
+
+demo: setup speech
+	$(VENV)/bin/omnistream demo
+
+# Trains checkpoints/demo again from scratch (resumable: run it again after a stop). Hours on CPU.
+demo-model: setup speech
+	test -f $(DATA)/train.jsonl || $(VENV)/bin/omnistream data synth --out $(DATA) --seed $(SEED) --num $(TRAIN_ITEMS)
+	test -f $(DATA)/eval.jsonl || $(VENV)/bin/omnistream data synth --out $(DATA) --seed $(SEED) --split eval \
+		--num $(EVAL_ITEMS)
+	for stage in $(RECIPE); do $(VENV)/bin/omnistream train $$stage --data $(DATA) --work $(WORK) || exit 1; done
+	rm -rf checkpoints/demo && mkdir -p checkpoints && cp -r $(WORK)/demo checkpoints/demo
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

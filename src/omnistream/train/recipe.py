@@ -199,10 +199,15 @@ def main(argv: list[str] | None = None) -> int:
         if not (data / "train.jsonl").is_file():
             raise TrainError(f"no {data / 'train.jsonl'}; write it with `omnistream data synth --out {data}`")
         work.mkdir(parents=True, exist_ok=True)
+        done = work / args.stage / "summary.json"
         if args.stage == "tokenizer":
-            _tokenizer(work, data, args.vocab_size)
+            if args.fresh or not (work / "tokenizer" / "tokenizer.json").is_file():
+                _tokenizer(work, data, args.vocab_size)
         elif args.stage == "export":
             export(work, args.size)
+        elif not args.fresh and done.is_file() and json.loads(done.read_text())["steps"] >= (
+                args.steps or DEFAULTS[args.stage][0]):
+            print(f"{args.stage}: already trained ({done}); --fresh trains it again", file=sys.stderr)
         else:
             steps, lr, _ = DEFAULTS[args.stage]
             steps = args.steps or steps
