@@ -111,6 +111,8 @@ class _ThinkerRun:
         self.seen[0, token] = True
         self.tokens.append(token)
         self.done = token in s.thinker_eos or len(self.tokens) == s.thinker_max_new_tokens
+        if self.done:
+            s.timings["thinker_total"] = time.perf_counter() - s._t0
 
     def step(self) -> int:
         """Decode the next token (after the last one), or take the given reply's next, and return it."""
@@ -125,7 +127,7 @@ class SpeechSession:
     """Speak a reply to one prompt: `for event in session.speak(input_ids): ...`; timings in `session.timings`.
 
     timings (seconds): preprocessing (Thinker input assembly: encoders and embeddings), thinker_first_token,
-    thinker_total, talker_prefill (its duration), talker_first_frame (from the Talker's start to the first frame's
+    thinker_total (when the Thinker's last token was decoded; absent for a given reply), talker_prefill (its duration), talker_first_frame (from the Talker's start to the first frame's
     codes), mtp_per_frame and code2wav_per_frame (means), first_audio_packet (from the call to the first
     AudioChunk); also frames and stalls (Talker steps that waited for text)."""
 
@@ -291,7 +293,6 @@ class SpeechSession:
         yield from loop(run, builder, logits, hidden, t_talk)
         while not run.done and not self._cancelled:  # the talker finished first: the text goes on
             yield TextDelta(run.step())
-        self.timings["thinker_total"] = time.perf_counter() - self._t0
         if not self._cancelled:
             tail = self.state.code2wav.flush()[0, 0].float().cpu().numpy()
             if tail.size:
