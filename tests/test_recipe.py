@@ -77,3 +77,33 @@ def test_a_stopped_stage_resumes_and_bad_requests_are_explained(recipe, capsys):
     capsys.readouterr()
     assert run(["train", "thinker-s1", "--data", str(work), "--work", str(work)]) == 2
     assert "train.jsonl" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage,extra,tol", [
+    ("thinker-s2", ["--steps", "4", "--lr", "1e-2", "--batch", "4"], 2e-2),
+    ("talker-general", ["--steps", "4", "--lr", "3e-3", "--batch", "2"], 1e-3),
+])
+def test_a_real_stage_under_torchrun_follows_one_process(recipe, tmp_path, stage, extra, tol):
+    """FSDP2 with gloo on CPU, 2 ranks: decoder layers sharded, the audio/vision towers replicated (a rank whose
+    batch has no image must not skip collectives), the loss curve that of one process."""
+    import os
+    import subprocess
+    import sys
+
+    data, work, _ = recipe
+    curves = []
+    for launcher in ([], [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29581" if stage == "thinker-s2" else "29582"]):
+        out = tmp_path / ("two" if launcher else "one")
+        shutil.copytree(work, out, ignore=shutil.ignore_patterns(stage))
+        args = ["train", stage, "--data", str(data), "--work", str(out), "--size", "tiny", "--quiet",
+                "--log-every", "1", "--fresh"] + extra
+        if launcher:
+            run_ = subprocess.run(launcher + ["-m", "omnistream.cli"] + args, capture_output=True, text=True,
+                                  env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+            assert run_.returncode == 0, run_.stderr[-2000:]
+        else:
+            assert run(args) == 0
+        curves.append(json.loads((out / stage / "history.json").read_text())["losses"]["loss"])
+    assert len(curves[0]) == len(curves[1]) == 4
+    assert max(abs(a - b) for a, b in zip(*curves)) < tol, curves

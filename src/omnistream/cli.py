@@ -387,3 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"omnistream: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -51,8 +51,15 @@ def mean(x: torch.Tensor) -> float:
     return float(x)
 
 
-def wrap(module: nn.Module) -> nn.Module:
-    """Shard every direct child with parameters, then the root, with FSDP2 when launched; else unchanged."""
+CONDITIONAL = ("audio_tower", "visual")  # run only for batches with that medium
+
+
+def wrap(module: nn.Module, conditional: tuple[str, ...] = CONDITIONAL) -> nn.Module:
+    """With FSDP2 when launched (else unchanged): each trainable decoder layer (`*.layers[i]`) its own unit, the rest
+    in the root unit, except the `conditional` submodules, which stay replicated (see `sync_replicated`).
+
+    Every rank must run the same all-gathers in the same order: a decoder layer runs once per forward of its
+    stack, on every rank; an encoder runs only for batches holding its medium, so it is not sharded at all."""
     init()
     if not td.is_initialized():
         return module
@@ -60,13 +67,49 @@ def wrap(module: nn.Module) -> nn.Module:
 
     if torch.cuda.is_available():
         module = module.cuda()
-    for child in module.modules():
-        if child is not module and isinstance(child, nn.ModuleList):
-            for block in child:
-                if any(p.requires_grad for p in block.parameters()):
-                    fully_shard(block)
-    fully_shard(module)
+    replicated = [p for name, child in module.named_modules() if name.split(".")[-1] in conditional
+                  for p in child.parameters()]  # a list: every rank must reduce them in the same order
+    for name, child in module.named_modules():
+        if name.split(".")[-1] != "layers" or not isinstance(child, nn.ModuleList):
+            continue
+        if any(part in conditional for part in name.split(".")):
+            continue
+        for block in child:
+            if any(p.requires_grad for p in block.parameters()):
+                fully_shard(block)
+    fully_shard(module, ignored_params=set(replicated))
+    module._replicated = [p for p in replicated if p.requires_grad]
     return module
+
+
+def sync_replicated(module: nn.Module) -> None:
+    """Average the gradients of the replicated (unsharded) parameters over ranks; a rank that did not use one
+    (its batch had no such medium) contributes zeros."""
+    for p in getattr(module, "_replicated", ()):
+        grad = p.grad if p.grad is not None else torch.zeros_like(p)
+        td.all_reduce(grad)
+        p.grad = grad / world()
+
+
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
+    """Clip gradients to a total 2-norm of max_norm (sharded DTensor and replicated plain gradients together);
+    returns the norm before clipping."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not td.is_initialized():
+        return float(nn.utils.clip_grad_norm_(params, max_norm))
+    from torch.distributed.tensor import DTensor
+
+    square = 0.0
+    for group in ([g for g in grads if isinstance(g, DTensor)], [g for g in grads if not isinstance(g, DTensor)]):
+        if group:
+            norm = nn.utils.get_total_norm(group)
+            square += float(norm.full_tensor() if isinstance(norm, DTensor) else norm) ** 2
+    total = square ** 0.5
+    scale = min(1.0, max_norm / (total + 1e-6))
+    if scale < 1.0:
+        for g in grads:
+            g.mul_(scale)
+    return total
 
 
 def full_state(module: nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dict]:

@@ -169,13 +169,13 @@ def train(stage: Stage, out: str | Path, cfg: TrainConfig, resume: bool = True, 
                              f"(now {learning_rate(cfg, step):.2e}) or check the data")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        dist.sync_replicated(module)
+        norm = dist.clip_grad_norm(params, cfg.grad_clip)
         opt.step()
         items += stage.items(batch) * dist.world()
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + dist.mean(v.detach().float())
-        sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm.full_tensor() if hasattr(norm, "full_tensor")
-                                                               else norm)
+        sums["grad_norm"] = sums.get("grad_norm", 0.0) + norm
         count += 1
         done = step + 1
         if done % cfg.log_every == 0 or done == end:
