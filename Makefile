@@ -10,7 +10,7 @@ WORK ?= runs/work
 SEED ?= 0
 TRAIN_ITEMS ?= 4000
 EVAL_ITEMS ?= 400
-RECIPE := tokenizer codec thinker-text thinker-s1 thinker-s2 thinker-s3 talker-general talker-fixed talker-long \
+RECIPE := tokenizer thinker-text thinker-s1 thinker-s2 thinker-s3 codec talker-general talker-fixed talker-long \
 	talker-dpo talker-speaker export
 
 CHECKPOINT ?=

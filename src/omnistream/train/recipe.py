@@ -1,7 +1,8 @@
 """`omnistream train STAGE`: the paper's recipe, scaled down, as resumable stages over one work directory.
 
-Order (each stage starts from the checkpoint the one before it left in WORK):
-  tokenizer -> codec -> thinker-text -> thinker-s1 -> thinker-s2 -> thinker-s3
+Order (each stage starts from the checkpoint the one before it left in WORK; the codec and the Thinker stages do
+not depend on each other):
+  tokenizer -> thinker-text -> thinker-s1 -> thinker-s2 -> thinker-s3 -> codec
   -> talker-general -> talker-long -> talker-dpo -> talker-speaker -> export
   (talker-fixed: the fixed-rate twin of talker-general, same budget, for the ARIA ablation)
 WORK/<stage>/ holds checkpoint.pt, loss.png and history.json; WORK/tokenizer the tokenizer; WORK/codec/export the
@@ -29,7 +30,7 @@ STAGES = ("tokenizer", "codec", "thinker-text", "thinker-s1", "thinker-s2", "thi
 PREVIOUS = {"thinker-s1": "thinker-text", "thinker-s2": "thinker-s1", "thinker-s3": "thinker-s2",
             "talker-long": "talker-general", "talker-dpo": "talker-long", "talker-speaker": "talker-dpo"}
 # default (steps, lr, batch) per stage at the demo size; --steps / --lr / --batch override
-DEFAULTS = {"codec": (3000, 1e-3, 8), "thinker-text": (1500, 2e-3, 16), "thinker-s1": (400, 2e-3, 8),
+DEFAULTS = {"codec": (10000, 1e-3, 8), "thinker-text": (1500, 2e-3, 16), "thinker-s1": (400, 2e-3, 8),
             "thinker-s2": (3000, 1e-3, 8), "thinker-s3": (400, 5e-4, 4), "talker-general": (3000, 1e-3, 8),
             "talker-fixed": (3000, 1e-3, 8), "talker-long": (300, 5e-4, 4), "talker-dpo": (100, 1e-5, 4),
             "talker-speaker": (300, 5e-4, 8)}
