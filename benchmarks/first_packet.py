@@ -260,6 +260,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gain", type=float, default=1.0, help="random weights ~ N(0, gain^2 / fan_in)")
     p.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    p.add_argument("--frames-per-chunk", type=int, default=1,
+                   help="ours: Code2Wav renders the first frame alone, then 2, 4, ... up to this many at once")
     args = p.parse_args()
     if args.size == "30b" and (args.device != "cuda" or args.dtype != "bfloat16"):
         p.error("--size 30b (68 GB of random bf16 weights) needs --device cuda --dtype bfloat16")
@@ -278,7 +280,8 @@ def main() -> None:
     thinker, talker, c2w = build_ours(hf, args)
     del hf
     session = SpeechSession(thinker, talker, c2w, tokens, speaker="Ethan", thinker_eos_token_id=tokens.im_end_token_id,
-                            thinker_max_new_tokens=args.thinker_tokens, talker_max_new_tokens=args.talker_frames)
+                            thinker_max_new_tokens=args.thinker_tokens, talker_max_new_tokens=args.talker_frames,
+                            max_frames_per_chunk=args.frames_per_chunk)
     ours, our_tokens, our_codes, pcm = our_runs(session, ids, args)
 
     tc = talker.config

@@ -139,7 +139,7 @@ def test_first_audio_chunk_follows_first_talker_frame(models):
     for ev in it:
         if isinstance(ev, AudioChunk):
             break
-    assert ev.frame == 0 and ev.codes.shape == (Q,)
+    assert ev.frame == 0 and ev.codes.shape == (Q, 1)
     assert "talker_first_frame" in s.timings and "first_audio_packet" in s.timings
     assert "frames" not in s.timings  # the talker is still running: the chunk was streamed, not produced at the end
     assert ev.pcm.size == models[3].config.num_samples(1)
@@ -294,3 +294,14 @@ def test_cloned_voice_is_a_talker_system_turn(models):
         session(models, voice=VoicePrompt(codes[:3]))
     with pytest.raises(VoiceCloneError, match="64 entries"):
         session(models, voice=VoicePrompt(codes + 64))
+
+
+def test_grouped_rendering_is_the_same_audio(models):
+    one = session(models).run(prompt(0))
+    s = session(models, max_frames_per_chunk=4)
+    events = list(s.speak(prompt(0)))
+    chunks = [e for e in events if isinstance(e, AudioChunk) and e.codes.shape[1]]
+    assert [c.codes.shape[1] for c in chunks][:3] == [1, 2, 4][:len(chunks)]  # first frame alone, then doubling
+    assert sum(c.codes.shape[1] for c in chunks) == one.codes.shape[1]
+    pcm = np.concatenate([e.pcm for e in events if isinstance(e, AudioChunk)])
+    assert torch.equal(s.codes, one.codes) and pcm.shape == one.pcm.shape and np.abs(pcm - one.pcm).max() < 1e-5

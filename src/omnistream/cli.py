@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--talker-sample", action="store_true",
                      help="sample speech codes with the reference's settings (temperature 0.9, top-k 50; residual "
                           "codebooks top-p 0.8) instead of greedily; --seed seeds it")
+    gen.add_argument("--frames-per-chunk", type=int, default=8, metavar="N",
+                     help="--speak: Code2Wav renders the first frame alone, then 2, 4, ... up to N frames at once "
+                          "(fewer, larger renders; the first packet is not delayed)")
     gen.add_argument("--language", metavar="CODE",
                      help="language of the reply for an ARIA talker's frames-per-token prior (e.g. en, zh)")
     gen.add_argument("--max-audio-frames", type=int, default=4096, metavar="N",
@@ -129,7 +132,8 @@ def run_demo(args: argparse.Namespace) -> None:
         checkpoint=str(directory), prompt=args.prompt, system=None, audio=args.audio, image=args.image,
         video=args.video, use_audio_in_video=False, raw=False, compile=False, dtype="float32", device=args.device,
         speak=args.out, voice=args.voice, voice_clone=None, voice_description=None, talker_sample=False,
-        language=None, seed=None, max_new_tokens=args.max_new_tokens, max_audio_frames=args.max_audio_frames)
+        language=None, seed=None, max_new_tokens=args.max_new_tokens, max_audio_frames=args.max_audio_frames,
+        frames_per_chunk=8)
     run_speak(spoken, SamplingParams())
 
 
@@ -329,7 +333,8 @@ def run_speak(args: argparse.Namespace, sampling: SamplingParams) -> None:
         session = SpeechSession(thinker, talker, code2wav, tokens, speaker=voice, voice=cloned,
                                 thinker_eos_token_id=stops, thinker_max_new_tokens=args.max_new_tokens,
                                 talker_max_new_tokens=args.max_audio_frames + 1, thinker_sampling=sampling,
-                                seed=args.seed, language=args.language, **talker_sampling)
+                                seed=args.seed, language=args.language,
+                                max_frames_per_chunk=args.frames_per_chunk, **talker_sampling)
     except ValueError as e:
         raise InputError(str(e)) from None
     decoder = StreamDecoder(tokenizer)

@@ -54,7 +54,8 @@ class TextDelta:
 
 @dataclass
 class AudioChunk:
-    """New PCM samples (float32, mono, 24 kHz) made final by the latest codec frame; `codes` is that frame (Q,)."""
+    """New PCM samples (float32, mono, 24 kHz) made final by the frames just rendered: `codes` (Q, n), the last of
+    them frame number `frame` (n = 0 for the stream's closing samples)."""
 
     pcm: np.ndarray
     codes: np.ndarray
@@ -127,16 +128,21 @@ class SpeechSession:
     """Speak a reply to one prompt: `for event in session.speak(input_ids): ...`; timings in `session.timings`.
 
     timings (seconds): preprocessing (Thinker input assembly: encoders and embeddings), thinker_first_token,
-    thinker_total (when the Thinker's last token was decoded; absent for a given reply), talker_prefill (its duration), talker_first_frame (from the Talker's start to the first frame's
-    codes), mtp_per_frame and code2wav_per_frame (means), first_audio_packet (from the call to the first
-    AudioChunk); also frames and stalls (Talker steps that waited for text)."""
+    thinker_total (when the Thinker's last token was decoded; absent for a given reply), talker_prefill (its
+    duration), talker_first_frame (from the Talker's start to the first frame's codes), mtp_per_frame and
+    code2wav_per_frame (means), first_audio_packet (from the call to the first AudioChunk); also frames and
+    stalls (Talker steps that waited for text).
+
+    Code2Wav renders the first frame alone (first packet as soon as possible), then groups of 2, 4, ... up to
+    `max_frames_per_chunk` frames: larger groups cost less per frame, and the audio already out covers the wait."""
 
     def __init__(self, thinker: Thinker, talker: Talker, code2wav: Code2Wav, tokens: SpeechTokens | None = None,
                  speaker: str | None = "Ethan", voice: VoicePrompt | None = None,
                  thinker_eos_token_id: int | Sequence[int] | None = 151645, thinker_max_new_tokens: int = 1024,
                  talker_max_new_tokens: int = 4096, thinker_sampling: SamplingParams | None = None,
                  talker_sampling: SamplingParams | None = None, mtp_sampling: SamplingParams | None = None,
-                 seed: int | None = None, language: str | None = None, rate: RateEstimator | None = None):
+                 seed: int | None = None, language: str | None = None, rate: RateEstimator | None = None,
+                 max_frames_per_chunk: int = 1):
         self.thinker, self.talker, self.code2wav = thinker, talker, code2wav
         self.tokens = tokens or SpeechTokens()
         tc = talker.config
@@ -167,6 +173,9 @@ class SpeechSession:
         self.talker_sampling = talker_sampling or SamplingParams(repetition_penalty=1.05)
         self.mtp_sampling = mtp_sampling or SamplingParams()
         self.seed = seed
+        if max_frames_per_chunk < 1:
+            raise ValueError(f"max_frames_per_chunk must be at least 1, got {max_frames_per_chunk}")
+        self.max_frames_per_chunk = max_frames_per_chunk  # Code2Wav renders 1, 2, 4, ... up to this many at once
         self.rate = rate or ObservedRate(PriorRate(tc.aria_frames_per_token, tc.aria_default_ratio, language))
         self.timings: dict[str, float] = {}
         self.codes: torch.Tensor | None = None
@@ -200,8 +209,8 @@ class SpeechSession:
         x = x.masked_fill(blocked, float("-inf"))
         return int(sample(x, replace(params, repetition_penalty=1.0), generator=self.generator)[0])
 
-    def _frame(self, code0: int, hidden: torch.Tensor, t_talk: float) -> AudioChunk:
-        """MTP fills the residual codebooks of the frame, Code2Wav renders it."""
+    def _frame(self, code0: int, hidden: torch.Tensor, t_talk: float) -> Iterator[AudioChunk]:
+        """MTP fills the residual codebooks of the frame; Code2Wav renders the frames due (see `_render`)."""
         t1 = time.perf_counter()
         c0 = torch.tensor([code0], device=self.talker.device)
         codes = torch.cat([c0, self.talker.predict_residual(hidden, c0, self.mtp_sampling, self.generator)[0]])
@@ -210,8 +219,17 @@ class SpeechSession:
         if not self._frames:
             self.timings["talker_first_frame"] = t2 - t_talk
         self._frames.append(codes)
+        if len(self._frames) - self._rendered >= self._group:
+            yield self._render()
+            self._group = min(2 * self._group, self.max_frames_per_chunk)
+
+    def _render(self) -> AudioChunk:
+        """Code2Wav on the frames not rendered yet: their PCM as one chunk."""
+        t = time.perf_counter()
+        codes = torch.stack(self._frames[self._rendered:], 1)  # (Q, n)
         pcm = self.state.code2wav.push(codes[None])[0, 0].float().cpu().numpy()
-        self._c2w.append(time.perf_counter() - t2)
+        self._c2w.append(time.perf_counter() - t)
+        self._rendered = len(self._frames)
         self.timings.setdefault("first_audio_packet", time.perf_counter() - self._t0)
         return AudioChunk(pcm, codes.cpu().numpy(), len(self._frames) - 1)
 
@@ -246,6 +264,7 @@ class SpeechSession:
                      video_second_per_grid=video_second_per_grid, use_audio_in_video=use_audio_in_video)
         self._multimodal = any(media[k] is not None for k in ("audio_lengths", "image_grid_thw", "video_grid_thw"))
         self._frames, self._mtp, self._c2w = [], [], []
+        self._rendered, self._group = 0, 1
         try:
             yield from self._speak(input_ids, embed_kwargs, media, position_ids, reply)
         finally:
@@ -257,7 +276,7 @@ class SpeechSession:
                 self.timings["stalls"] = float(self.scheduler.stalls)
             if self._mtp:
                 self.timings["mtp_per_frame"] = sum(self._mtp) / len(self._mtp)
-                self.timings["code2wav_per_frame"] = sum(self._c2w) / len(self._c2w)
+                self.timings["code2wav_per_frame"] = sum(self._c2w) / max(self._rendered, 1)
 
     def _speak(self, input_ids, embed_kwargs, media, position_ids, reply) -> Iterator[TextDelta | AudioChunk]:
         run = _ThinkerRun(self, input_ids, embed_kwargs, position_ids, reply)
@@ -294,9 +313,12 @@ class SpeechSession:
         while not run.done and not self._cancelled:  # the talker finished first: the text goes on
             yield TextDelta(run.step())
         if not self._cancelled:
+            if self._rendered < len(self._frames):
+                yield self._render()
             tail = self.state.code2wav.flush()[0, 0].float().cpu().numpy()
             if tail.size:
-                yield AudioChunk(tail, np.zeros(0, dtype=np.int64), len(self._frames) - 1)
+                empty = np.zeros((self.talker.config.num_code_groups, 0), dtype=np.int64)
+                yield AudioChunk(tail, empty, len(self._frames) - 1)
 
     def _advance(self, run: _ThinkerRun, feed) -> Iterator[TextDelta]:
         """One Thinker step, its token handed to `feed` as it arrives."""
@@ -330,7 +352,7 @@ class SpeechSession:
             sched.record(code0)
             if code0 == tc.codec_eos_token_id or step == self.talker_max_new_tokens - 1:
                 return  # the reference never predicts residuals for its last sampled code
-            yield self._frame(code0, hidden, t_talk)
+            yield from self._frame(code0, hidden, t_talk)
             while (action := sched.next_input()).act is Act.WAIT:
                 yield from self._advance(run, feed)
             if action.act is Act.DONE:
@@ -372,7 +394,7 @@ class SpeechSession:
             steps += 1
             if action.act is Act.SPEECH:
                 self._seen_codes[0, action.value] = True
-                yield self._frame(action.value, hidden, t_talk)
+                yield from self._frame(action.value, hidden, t_talk)
                 x = self.talker.frame_embedding(self._frames[-1][None])  # (1, H)
             else:
                 x = builder.text(torch.tensor([action.value]))
