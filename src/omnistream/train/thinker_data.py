@@ -231,6 +231,11 @@ class ThinkerDataset:
             return "recording", rng.sample(pool, rng.randint(2, min(4, len(pool))))
         return "dialogue", rng.sample(range(len(self.items)), min(rng.randint(2, 4), len(self.items)))
 
+    def length_class(self, index: int) -> str:
+        """A key that examples of similar length share (the task, or the long example's kind), for batching."""
+        kind, idx = self.plan(index)
+        return self.items[idx[0]]["task"] if kind == "chat" else kind
+
     def example(self, index: int) -> Example:
         """Example `index` (cached after the first call)."""
         if index not in self._cache:

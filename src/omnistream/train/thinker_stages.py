@@ -17,8 +17,9 @@ of the whole global batch / world, so ranks add up to the global token mean (the
 split; plus `router_aux_loss_coef` x the MoE load-balancing loss when the router trains (not in s1, where the LM is
 frozen). Logged: "loss", "ce" (the token mean) and "aux" (the balancing loss itself).
 
-Batches: an epoch-wise shuffle seeded by (seed, epoch) walks the examples; step k's global batch is positions
-k*B .. k*B+B-1 of that walk and rank r takes rows r*B/world .. (r+1)*B/world: a pure function of
+Batches: each epoch, a shuffle seeded by (seed, epoch) is cut into global batches of B within each length class
+(the task, or the long example's kind: little padding, and every rank of a batch sees the same media), leftovers
+mixed, batch order shuffled; rank r takes rows r*B/world .. (r+1)*B/world: a pure function of
 (seed, step, rank, world). `limit` keeps the first `limit` examples only (a fixed subset, for overfitting checks).
 """
 
@@ -133,7 +134,7 @@ class ThinkerStage:
         examples = {"text": "text", "s1": "chat", "s2": "chat", "s3": "long"}[kind]
         self.data = ThinkerDataset(read_items(data), builder, examples, tasks, seed)
         self.n = len(self.data) if limit is None else max(1, min(limit, len(self.data)))
-        self._perms: dict[int, list[int]] = {}
+        self._perms: dict[int, list[list[int]]] = {}
 
     # ---------------------------------------------------------------- Stage protocol
     def module(self) -> Thinker:
@@ -157,16 +158,34 @@ class ThinkerStage:
         # under torchrun dist.wrap places each rank's shard on its own GPU
         return thinker if dist.launched() else thinker.to(self.device)
 
+    def _epoch(self, epoch: int) -> list[list[int]]:
+        """One epoch's global batches: a seeded shuffle, batches cut within each length class (task) so that
+        padding stays small and every rank of a batch sees the same media, leftovers mixed, then batch order
+        shuffled. Every epoch has the same number of batches."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        groups: dict[str, list[int]] = {}
+        for i in torch.randperm(self.n, generator=g).tolist():
+            groups.setdefault(self.data.length_class(i), []).append(i)
+        b, batches, rest = self.batch_size, [], []
+        for key in sorted(groups):
+            idx = groups[key]
+            full = len(idx) // b * b
+            batches += [idx[j:j + b] for j in range(0, full, b)]
+            rest += idx[full:]
+        batches += [rest[j:j + b] for j in range(0, len(rest) // b * b, b)]
+        if not batches:  # fewer examples than one batch: repeat them
+            batches = [(rest * b)[:b]]
+        return [batches[k] for k in torch.randperm(len(batches), generator=g).tolist()]
+
     def indices(self, step: int) -> list[int]:
         """Example indices of the global batch of `step`."""
-        out = []
-        for pos in range(step * self.batch_size, (step + 1) * self.batch_size):
-            epoch, offset = divmod(pos, self.n)
-            if epoch not in self._perms:
-                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-                self._perms = {epoch: torch.randperm(self.n, generator=g).tolist()}  # keep one epoch's order
-            out.append(self._perms[epoch][offset])
-        return out
+        if not self._perms:
+            self._perms = {0: self._epoch(0)}
+        per_epoch = len(next(iter(self._perms.values())))
+        epoch, offset = divmod(step, per_epoch)
+        if epoch not in self._perms:
+            self._perms = {epoch: self._epoch(epoch)}  # keep one epoch's batches
+        return self._perms[epoch][offset]
 
     def batch(self, step: int, rank: int, world: int) -> dict:
         if self.batch_size % world:
