@@ -12,6 +12,7 @@ from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen
 from omnistream.audio.code2wav import Code2Wav, Code2WavConfig, Code2WavState, Code2WavStream
 from omnistream.audio.codec import multi_resolution_stft_loss, reconstruction_loss
 from omnistream.config import ConfigError
+from test_code2wav import codes_for, stream
 
 TINY = dict(codebook_size=64, num_quantizers=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
             num_key_value_heads=1, intermediate_size=48, sliding_window=72, head="istft", istft_dim=24,
@@ -38,24 +39,6 @@ def build(kw: dict, seed: int = 0) -> Code2Wav:
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def model(request):
     return build(CONFIGS[request.param])
-
-
-def codes_for(model: Code2Wav, batch: int, frames: int, seed: int = 0) -> torch.Tensor:
-    c = model.config
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, c.codebook_size, (batch, c.num_quantizers, frames), generator=g)
-
-
-def stream(model: Code2Wav, codes: torch.Tensor, groups) -> list[torch.Tensor]:
-    """Push codes in consecutive groups of the given sizes (cycled); return every chunk, flush last."""
-    s = Code2WavStream(model, codes.shape[0])
-    out, t, sizes = [], 0, itertools.cycle(groups)
-    while t < codes.shape[-1]:
-        n = next(sizes)
-        out.append(s.push(codes[..., t] if n == 1 else codes[..., t : t + n]))
-        t += n
-    out.append(s.flush())
-    return out
 
 
 def test_head_config():

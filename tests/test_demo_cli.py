@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from audio_fixtures import espeak_speech
 from tokenizer_fixture import build_tokenizer
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import io
-import random
 import re
 import unicodedata
 from dataclasses import dataclass, replace
@@ -29,9 +28,9 @@ from ..engine.generate import generate
 from ..engine.session import SAMPLE_RATE, SpeechSession
 from ..engine.talker_prompt import SpeechTokens
 from ..processor import Processor, Tokenizer
-from ..sampling import SamplingParams
 from ..talker import Talker
 from ..thinker import Thinker
+from .talker_stages import seeded_share
 from .talker_data import IGNORE, TalkerDataError, TalkerItem, TalkerSequence, absolute_paths, aria_sequence
 
 
@@ -192,10 +191,7 @@ class DpoStage:
 
     def batch(self, step: int, rank: int, world: int) -> list[PreferencePair]:
         """This rank's share of a seeded draw of pairs."""
-        rng = random.Random(self.seed * 1_000_003 + step)
-        picks = [self.pairs[rng.randrange(len(self.pairs))] for _ in range(self.batch_size)]
-        share = max(self.batch_size // world, 1)
-        return picks[rank * share:(rank + 1) * share]
+        return seeded_share(self.pairs, self.batch_size, self.seed, step, rank, world)
 
     def loss(self, module: DpoLoss, batch: list[PreferencePair]) -> dict[str, torch.Tensor]:
         """DPO loss of the batch."""

@@ -53,6 +53,14 @@ def demo_talker_config(thinker_hidden: int, accept_layer: int, placeholders: Tok
                         placeholders=placeholders)
 
 
+def seeded_share(pool: list, batch_size: int, seed: int, step: int, rank: int, world: int) -> list:
+    """Rank `rank`'s slice of a global batch of `batch_size` draws from `pool`, seeded by (seed, step)."""
+    rng = random.Random(seed * 1_000_003 + step)
+    picks = [pool[rng.randrange(len(pool))] for _ in range(batch_size)]
+    share = max(batch_size // world, 1)
+    return picks[rank * share:(rank + 1) * share]
+
+
 class TalkerLoss(nn.Module):
     """The trained module: a Talker whose forward returns the losses of a list of items."""
 
@@ -134,10 +142,7 @@ class TalkerStage:
 
     def batch(self, step: int, rank: int, world: int) -> list[TalkerItem]:
         """This rank's share of step `step`'s seeded draw of items."""
-        rng = random.Random(self.seed * 1_000_003 + step)
-        picks = [self.data[rng.randrange(len(self.data))] for _ in range(self.batch_size)]
-        share = max(self.batch_size // world, 1)
-        return picks[rank * share:(rank + 1) * share]
+        return seeded_share(self.data, self.batch_size, self.seed, step, rank, world)
 
     def loss(self, module: TalkerLoss, batch: list[TalkerItem]) -> dict[str, torch.Tensor]:
         """Codebook-0 + MTP losses of the batch's teacher-forced sequences."""
