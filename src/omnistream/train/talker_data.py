@@ -134,7 +134,9 @@ class TalkerSequence:
 
 def _prefix(builder: TalkerPrompt, item: TalkerItem) -> list[Piece]:
     pieces = [] if item.voice is None else [builder.voice_turn(item.voice)]
-    return pieces + [builder.user_turns(item.prompt_ids, item.prompt_embeds, item.prompt_hidden)]
+    device = builder.talker.device  # items are cached on the CPU; the Talker may train on a GPU
+    return pieces + [builder.user_turns(item.prompt_ids.to(device), item.prompt_embeds.to(device),
+                                        item.prompt_hidden.to(device))]
 
 
 def _positions(thinker: Thinker, talker: Talker, ids: torch.Tensor, media: dict, extra: int) -> torch.Tensor | None:
@@ -151,7 +153,8 @@ def aria_sequence(thinker: Thinker, talker: Talker, tokens: SpeechTokens, item: 
     tc = talker.config
     builder = TalkerPrompt(thinker, talker, tokens)
     a = builder.assistant_start(item.prompt_ids)
-    prefix = Piece.cat(*_prefix(builder, item), builder.aria_prefix(item.prompt_embeds[a:a + 3], item.voice_code))
+    opening = item.prompt_embeds[a:a + 3].to(talker.device)
+    prefix = Piece.cat(*_prefix(builder, item), builder.aria_prefix(opening, item.voice_code))
     frames = list(range(item.codes.shape[1]))
     stream = pack(item.reply_ids, frames)
     is_text = torch.tensor([u.kind is Kind.TEXT for u in stream])
@@ -179,8 +182,8 @@ def fixed_sequence(thinker: Thinker, talker: Talker, tokens: SpeechTokens, item:
         raise TalkerDataError("a fixed-rate example needs at least one reply token before <|im_end|>")
     builder = TalkerPrompt(thinker, talker, tokens)
     a = builder.assistant_start(item.prompt_ids)
-    prefix = Piece.cat(*_prefix(builder, item), builder.fixed_prefix(item.prompt_embeds[a:a + 3],
-                                                                       item.reply_ids[0], item.voice_code))
+    opening = item.prompt_embeds[a:a + 3].to(talker.device)
+    prefix = Piece.cat(*_prefix(builder, item), builder.fixed_prefix(opening, item.reply_ids[0], item.voice_code))
     t = item.codes.shape[1]
     trailing = torch.cat([builder.text(torch.tensor(item.reply_ids[1:-1])), builder.tts_eos[None]])  # the last
     if trailing.shape[0] < t:  # reply token (<|im_end|>) is never fed, as in the reference

@@ -184,6 +184,8 @@ class DpoStage:
         self.batch_size, self.seed = batch_size, seed
         self.start = talker
         self.reference = copy.deepcopy(talker).eval().requires_grad_(False)
+        if torch.cuda.is_available():  # the loop trains the policy on the GPU: the reference and Thinker go along
+            self.reference, self.thinker = self.reference.cuda(), thinker.cuda()
 
     def module(self) -> DpoLoss:
         """The policy, starting from the given Talker."""

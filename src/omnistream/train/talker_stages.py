@@ -128,6 +128,8 @@ class TalkerStage:
             raise TalkerDataError(f"talker stage {kind!r} has no items to learn from")
         if kind == "fixed":
             config = replace(config, interleave="fixed")
+        if torch.cuda.is_available():  # the loop trains the Talker on the GPU: the frozen Thinker goes along
+            thinker = thinker.cuda()
         self.name = f"talker-{kind}"
         self.kind, self.data, self.thinker, self.tokens, self.config = kind, items, thinker, tokens, config
         self.batch_size, self.seed, self.init, self.mtp_weight = batch_size, seed, init, mtp_weight
