@@ -4,38 +4,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 from audio_fixtures import espeak_speech
-from tokenizer_fixture import build_tokenizer
 
 from omnistream import cli
-from omnistream.positions import TokenIds
-from omnistream.processor import Tokenizer
-from omnistream.weights import save_omni
-from test_save_omni import TOKENS, build
-
-EXTRA = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|tts_pad|>", "<|tts_bos|>",
-         "<|tts_eos|>")
+from test_save_omni import save_tiny_omni
 
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("demo")
-    backend = build_tokenizer(directory, 300, EXTRA)
-    backend.add_tokens(["system", "user", "assistant"])
-    backend.save(str(directory / "tokenizer.json"))
-    tok = Tokenizer(directory)
-    thinker, talker, c2w, codec = build(vocab=320)
-    names = ("audio_pad", "image_pad", "video_pad", "vision_start", "audio_start")
-    ids = [tok.token_to_id(f"<|{n}|>") for n in names]
-    thinker.audio_token_id, thinker.image_token_id, thinker.video_token_id = ids[:3]
-    talker.config.placeholders = TokenIds(*ids)
-    tokens = type(TOKENS)(im_start_token_id=tok.token_to_id("<|im_start|>"),
-                          im_end_token_id=tok.token_to_id("<|im_end|>"),
-                          tts_pad_token_id=tok.token_to_id("<|tts_pad|>"), tts_bos_token_id=tok.token_to_id("<|tts_bos|>"),
-                          tts_eos_token_id=tok.token_to_id("<|tts_eos|>"),
-                          system_token_id=tok.encode("<|im_start|>system\n")[1],
-                          user_token_id=tok.encode("<|im_start|>user\n")[1],
-                          assistant_token_id=tok.encode("<|im_start|>assistant\n")[1])
-    save_omni(directory, thinker, talker, c2w, tokens, codec)
+    directory = save_tiny_omni(tmp_path_factory.mktemp("demo"))
     sf.write(directory / "question.wav", espeak_speech("What is two plus three?", sample_rate=24000), 24000)
     return directory
 

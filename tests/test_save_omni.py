@@ -71,3 +71,18 @@ def test_half_precision_halves_the_size(tmp_path):
     thinker2, talker2, c2w2, _ = load_omni(tmp_path / "fp16")
     res = speak(thinker2, talker2, c2w2)
     assert res.codes.shape[1] > 0 and np.isfinite(res.pcm).all()
+
+
+def save_tiny_omni(directory):
+    """A tiny random speaking model with its own tokenizer, saved the way `omnistream train export` saves one."""
+    from omnistream.train.talker_data import speech_tokens
+    from tokenizer_fixture import build_omni_tokenizer
+
+    tok = build_omni_tokenizer(directory, 300)
+    thinker, talker, c2w, codec = build(vocab=320)
+    ids = [tok.token_to_id(f"<|{n}|>") for n in ("audio_pad", "image_pad", "video_pad", "vision_start",
+                                                   "audio_start")]
+    thinker.audio_token_id, thinker.image_token_id, thinker.video_token_id = ids[:3]
+    talker.config.placeholders = TokenIds(*ids)
+    save_omni(directory, thinker, talker, c2w, speech_tokens(tok), codec)
+    return directory

@@ -8,7 +8,6 @@ from omnistream.audio.codec import AudioTokenizer, CodecConfig
 from omnistream.config import tiny_audio, tiny_qwen35
 from omnistream.data import read_items, synthesize
 from omnistream.positions import TokenIds
-from omnistream.processor import Tokenizer
 from omnistream.thinker import Thinker
 from omnistream.train import TrainConfig, train
 from omnistream.train.talker_data import (IGNORE, TalkerDataError, aria_sequence, default_processor, fixed_sequence,
@@ -16,10 +15,8 @@ from omnistream.train.talker_data import (IGNORE, TalkerDataError, aria_sequence
 from omnistream.train.talker_stages import TalkerLoss, TalkerStage, demo_talker_config
 from omnistream.talker import Talker
 from reference import randomize
-from tokenizer_fixture import build_tokenizer
+from tokenizer_fixture import build_omni_tokenizer
 
-EXTRA = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|tts_pad|>", "<|tts_bos|>",
-         "<|tts_eos|>")
 Q, K = 4, 64
 STATE = {}  # what the setup fixture made besides its tuple: raw items, data root, tokenizer, processor
 
@@ -33,10 +30,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("talker_data")
     synthesize(root, seed=0, num=9, tasks=["read_aloud", "arithmetic", "voice_clone"])
     tok_dir = tmp_path_factory.mktemp("tok")
-    backend = build_tokenizer(tok_dir, 600, EXTRA)
-    backend.add_tokens(["system", "user", "assistant"])
-    backend.save(str(tok_dir / "tokenizer.json"))
-    tok = Tokenizer(tok_dir)
+    tok = build_omni_tokenizer(tok_dir, 600)
     torch.manual_seed(0)
     ids = {name: tok.token_to_id(f"<|{name}|>") for name in ("audio_pad", "image_pad", "video_pad", "vision_start",
                                                             "audio_start")}

@@ -11,6 +11,9 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 # (so decoding keeps them), as in the Qwen3 / Qwen3.5 tokenizer_config.json.
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_start|>", "<|audio_end|>", "<|audio_pad|>"]
 ADDED = ["<think>", "</think>"]
+# what a speaking model's tokenizer adds: vision markers and the Talker's tts markers
+OMNI_EXTRA = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|tts_pad|>", "<|tts_bos|>",
+              "<|tts_eos|>")
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -53,3 +56,13 @@ def build_tokenizer(directory: str | Path, vocab_size: int = 320, extra: tuple[s
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
     assert tok.get_vocab_size() <= vocab_size
     return tok
+
+
+def build_omni_tokenizer(directory: str | Path, vocab_size: int):
+    """build_tokenizer with OMNI_EXTRA and one id per role word; the omnistream Tokenizer that reads it."""
+    from omnistream.processor import Tokenizer as OmniTokenizer
+
+    backend = build_tokenizer(directory, vocab_size, OMNI_EXTRA)
+    backend.add_tokens(["system", "user", "assistant"])
+    backend.save(str(Path(directory) / "tokenizer.json"))
+    return OmniTokenizer(directory)
