@@ -21,6 +21,7 @@ from ..processor import QWEN35_OMNI, Processor, Tokenizer
 from ..talker import Talker
 from ..thinker import Thinker
 from ..voice import VoicePrompt
+from .tokenizer import special_ids
 
 IGNORE = -100
 
@@ -30,19 +31,9 @@ class TalkerDataError(ValueError):
 
 
 def speech_tokens(tokenizer: Tokenizer) -> SpeechTokens:
-    """The Thinker-vocabulary ids of the Talker prompt, read from the tokenizer."""
-    ids = {}
-    for field, text in (("im_start_token_id", "<|im_start|>"), ("im_end_token_id", "<|im_end|>"),
-                        ("tts_pad_token_id", "<|tts_pad|>"), ("tts_bos_token_id", "<|tts_bos|>"),
-                        ("tts_eos_token_id", "<|tts_eos|>")):
-        token = tokenizer.token_to_id(text)
-        if token is None:
-            raise TalkerDataError(f"the tokenizer has no {text} token, which the talker prompt needs")
-        ids[field] = token
-    for role in ("system", "user", "assistant"):
-        written = tokenizer.encode(f"<|im_start|>{role}\n")
-        ids[f"{role}_token_id"] = written[1]
-    return SpeechTokens(**ids)
+    """The Thinker-vocabulary ids of the Talker prompt, read from a tokenizer made by `train_tokenizer`."""
+    ids = special_ids(tokenizer)
+    return SpeechTokens(**{name: ids[name] for name in SpeechTokens.__dataclass_fields__})
 
 
 @dataclass
