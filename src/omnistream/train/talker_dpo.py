@@ -31,6 +31,7 @@ from ..processor import Processor, Tokenizer
 from ..talker import Talker
 from ..thinker import Thinker
 from .talker_stages import seeded_share
+from .thinker_data import ExampleBuilder
 from .talker_data import IGNORE, TalkerDataError, TalkerItem, TalkerSequence, absolute_paths, aria_sequence
 
 
@@ -68,17 +69,14 @@ def transcribe(pcm, language: str, thinker: Thinker, tokenizer: Tokenizer, proce
 
 
 @torch.no_grad()
-def transcript_loss(pcm, reply: str, language: str, thinker: Thinker, tokenizer: Tokenizer) -> float:
-    """Mean negative log-likelihood the Thinker gives the reply as the transcript of 24 kHz speech (lower: clearer)."""
-    from .thinker_data import ExampleBuilder
-
-    audio = thinker.audio_tower.config
-    vision = thinker.visual.config if thinker.visual is not None else None
+def transcript_loss(pcm, reply: str, language: str, thinker: Thinker, builder: ExampleBuilder) -> float:
+    """Mean negative log-likelihood the Thinker gives the reply as the transcript of 24 kHz speech (lower: clearer);
+    `builder` makes Thinker training examples (thinker_data.ExampleBuilder)."""
     buf = io.BytesIO()
     soundfile.write(buf, pcm, SAMPLE_RATE, format="WAV")
     message = {"role": "user", "content": [{"type": "audio", "audio": buf.getvalue()},
                                            {"type": "text", "text": transcribe_prompt(language)}]}
-    ex = ExampleBuilder(tokenizer, audio, vision).chat([(message, reply)], task="transcribe")
+    ex = builder.chat([(message, reply)], task="transcribe")
     logits, _ = thinker(ex.input_ids[None], ex.audio_features, ex.audio_lengths, position_ids=ex.position_ids[:, None])
     labels = ex.labels[1:]
     keep = labels != IGNORE
@@ -104,6 +102,8 @@ def preference_pairs(raw: list[dict], items: list[TalkerItem], thinker: Thinker,
     `transcribe` in the record's language), ties broken by the Thinker's loss on the reply as the transcript."""
     if samples < 2:
         raise TalkerDataError(f"preference pairs need at least 2 samples per item, got {samples}")
+    vision = thinker.visual.config if thinker.visual is not None else None
+    builder = ExampleBuilder(tokenizer, thinker.audio_tower.config, vision)
     pairs = []
     for n, (record, item) in enumerate(zip(raw, items)):
         prompt = processor(absolute_paths(record["messages"], root))
@@ -121,7 +121,7 @@ def preference_pairs(raw: list[dict], items: list[TalkerItem], thinker: Thinker,
                 continue
             heard = (transcriber(result.pcm, record) if transcriber is not None
                      else transcribe(result.pcm, record["language"], thinker, tokenizer, processor))
-            loss = transcript_loss(result.pcm, record["reply"], record["language"], thinker, tokenizer)
+            loss = transcript_loss(result.pcm, record["reply"], record["language"], thinker, builder)
             scored.append(((error_rate(heard, record["reply"], record["language"]), loss), result.codes))
         scored.sort(key=lambda s: s[0])
         if len(scored) >= 2 and scored[0][0] < scored[-1][0]:
