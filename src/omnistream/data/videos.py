@@ -85,7 +85,9 @@ def write_video(timeline: Timeline, path: Path) -> None:
         stream.time_base = Fraction(1, FPS)
         stream.codec_context.thread_count = 1
         if CODEC == "libx264":
-            stream.codec_context.options = {"crf": "12", "preset": "veryfast"}
+            # one thread in every x264 stage (frame, lookahead): then the bytes do not depend on machine load
+            stream.codec_context.options = {"crf": "12", "preset": "veryfast", "threads": "1",
+                                            "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0"}
         for k, pixels in enumerate(render(timeline)):
             frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
             frame.pts = k
