@@ -126,6 +126,37 @@ def test_every_task_becomes_an_example_the_thinker_runs_alone_and_left_padded(da
             assert torch.allclose(alone[0], logits[row, -len(e):], atol=1e-4)
 
 
+def test_spoken_audio_carries_its_ctc_target_and_the_ctc_classifier_is_the_embedding_table(dataset, tiny):
+    root, items, tok = dataset
+    builder, model, ids = tiny
+    examples = [builder.item(it) for it in items[:8]]
+    for it, e in zip(items, examples):
+        said = {"transcribe": it["reply"], "arithmetic": it["meta"].get("question"),
+                "counting": it["meta"].get("question")}.get(it["task"])
+        assert (e.spoken is None) == (said is None), it["task"]
+        if said is not None:
+            assert tok.decode(e.spoken) == said
+    batch = collate(examples, ids["pad_token_id"])
+    assert len(batch["spoken"]) == len(batch["audio_lengths"]) and sum(s is not None for s in batch["spoken"]) == 3
+    stage = ThinkerStage("s1", root / "data", root / "tok", size="tiny")
+    batch["ctc_norm"] = sum(len(s) for s in batch["spoken"] if s)
+    table = model.lm.model.embed_tokens.weight.detach()
+    counts = model.audio_tower.token_counts(torch.tensor(batch["audio_lengths"])).tolist()
+    blank, oracle = ids["pad_token_id"], []  # each audio's tokens: the embeddings of a CTC path of its spoken ids
+    for n, said in zip(counts, batch["spoken"]):
+        path = []
+        for t in said or []:
+            path += [blank, t] if path and path[-1] == t else [t]
+        assert len(path) <= n  # the path fits the audio's tokens
+        oracle.append(table[torch.tensor(path + [blank] * (n - len(path)))])
+    with torch.no_grad():
+        perfect = stage.ctc(model, torch.cat(oracle), batch)
+        noise = stage.ctc(model, torch.randn(sum(counts), table.shape[1]), batch)
+    assert 0 <= float(perfect) < 0.1 * float(noise) and float(noise) > 1.0
+    none = dict(batch, spoken=[None] * len(counts))
+    assert float(stage.ctc(model, torch.cat(oracle), none)) == 0.0
+
+
 def test_long_examples_are_recordings_with_timestamps_and_multi_turn_dialogues(dataset, tiny):
     _, items, tok = dataset
     builder, _, _ = tiny
@@ -204,6 +235,11 @@ def test_each_stage_lowers_its_loss(chain, kind, factor):
     first, last = sum(ce[:3]) / 3, sum(ce[-3:]) / 3
     assert last < factor * first, (kind, ce)
     assert all(0.5 < a < 4 for a in aux)  # top-2 of 4 experts: 2.0 when balanced
+    ctc = history.losses["ctc"]
+    if kind in ("s1", "s2"):  # the CTC term on spoken audio: present and, in s1, where only encoders learn, falling
+        assert all(c > 0 for c in ctc) and (kind != "s1" or sum(ctc[-3:]) < 0.9 * sum(ctc[:3])), ctc
+    else:
+        assert all(c == 0 for c in ctc)
 
 
 def test_s1_trains_only_the_encoders_and_text_only_the_lm(dataset, chain):

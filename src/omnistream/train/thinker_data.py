@@ -74,6 +74,7 @@ class Example:
     pixel_values_videos: torch.Tensor | None = None
     video_grid_thw: torch.Tensor | None = None
     task: str = ""
+    spoken: list[int] | None = None  # token ids of what the example's one audio says (the CTC target), if known
 
     @property
     def targets(self) -> int:
@@ -93,6 +94,15 @@ def corpus_texts(items: Sequence[Mapping]) -> list[str]:
             parts = [content] if isinstance(content, str) else [p.get("text") for p in content if p["type"] == "text"]
             texts += [p for p in parts if p]
     return texts + list(RECORDING_PROMPTS.values())
+
+
+def spoken_text(item: Mapping) -> str | None:
+    """The text an item's audio says: the transcript of a transcribe item, the question of a spoken question."""
+    if item["task"] == "transcribe":
+        return item["reply"]
+    if item["task"] in QUESTION_TASKS:
+        return item["meta"]["question"]
+    return None
 
 
 def _audio_source(item: Mapping):
@@ -128,8 +138,12 @@ class ExampleBuilder:
         return Example(ids, labels, torch.arange(len(ids)).expand(3, -1).clone(), task=task)
 
     def item(self, item: Mapping) -> Example:
-        """One item as a one-turn chat."""
-        return self.chat([(item["messages"][0], item["reply"])], task=item["task"])
+        """One item as a one-turn chat, with the token ids of what its audio says when the item knows it."""
+        example = self.chat([(item["messages"][0], item["reply"])], task=item["task"])
+        said = spoken_text(item)
+        if said is not None and len(example.audio_lengths) == 1:
+            example.spoken = self.tokenizer.encode(said)
+        return example
 
     def dialogue(self, items: Sequence[Mapping]) -> Example:
         """Several items as one multi-turn chat, every reply trained on."""
@@ -248,6 +262,13 @@ class ThinkerDataset:
             self._targets[index] = self._cache[index].targets
         return self._cache[index]
 
+    def spoken_count(self, index: int) -> int:
+        """Tokens of the CTC target of example `index` (0 when it has none), without building the example."""
+        if self.kind != "chat":
+            return 0
+        said = spoken_text(self.items[index])
+        return 0 if said is None else len(self.builder.tokenizer.encode(said))
+
     def target_count(self, index: int) -> int:
         """Target tokens of example `index`."""
         if index not in self._targets:
@@ -267,7 +288,8 @@ class ThinkerDataset:
 
 def collate(examples: Sequence[Example], pad_id: int) -> dict:
     """Left-padded batch: input_ids / labels / attention_mask (B, S), position_ids (3, B, S), the media of all rows
-    in row order (audio features padded to the longest audio) and "targets" (target tokens in the batch)."""
+    in row order (audio features padded to the longest audio; "spoken": each audio's CTC target ids or None) and
+    "targets" (target tokens in the batch)."""
     b, s = len(examples), max(len(e) for e in examples)
     ids = torch.full((b, s), pad_id, dtype=torch.long)
     labels = torch.full((b, s), IGNORE, dtype=torch.long)
@@ -284,6 +306,7 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict:
         t = max(f.shape[-1] for f in feats)
         out["audio_features"] = torch.cat([torch.nn.functional.pad(f, (0, t - f.shape[-1])) for f in feats])
         out["audio_lengths"] = [n for e in examples for n in e.audio_lengths]
+        out["spoken"] = [e.spoken for e in examples for _ in e.audio_lengths]
     for key, grid in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
         have = [e for e in examples if getattr(e, key) is not None]
         if have:
