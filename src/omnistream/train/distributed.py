@@ -84,8 +84,16 @@ def wrap(module: nn.Module, conditional: tuple[str, ...] = CONDITIONAL) -> nn.Mo
 
 def sync_replicated(module: nn.Module) -> None:
     """Average the gradients of the replicated (unsharded) parameters over ranks; a rank that did not use one
-    (its batch had no such medium) contributes zeros."""
-    for p in getattr(module, "_replicated", ()):
+    (its batch had no such medium) contributes zeros, and a parameter no rank used keeps no gradient, as in one
+    process (so the optimizer skips it there too: a zero gradient would still advance Adam's step count)."""
+    params = list(getattr(module, "_replicated", ()))
+    if not params:
+        return
+    used = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
+    td.all_reduce(used)
+    for p, anywhere in zip(params, used.tolist()):
+        if not anywhere:
+            continue
         grad = p.grad if p.grad is not None else torch.zeros_like(p)
         td.all_reduce(grad)
         p.grad = grad / world()

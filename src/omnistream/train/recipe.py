@@ -34,7 +34,30 @@ DEFAULTS = {"codec": (10000, 1e-3, 8), "thinker-text": (1500, 2e-3, 16), "thinke
             "thinker-s2": (3000, 1e-3, 8), "thinker-s3": (400, 5e-4, 4), "talker-general": (3000, 1e-3, 8),
             "talker-fixed": (3000, 1e-3, 8), "talker-long": (300, 5e-4, 4), "talker-dpo": (100, 1e-5, 4),
             "talker-speaker": (300, 5e-4, 8)}
-QUESTION = "What is seventeen plus twenty-five?"
+# the spoken questions shipped with the demo model: language -> draw of the held-out arithmetic generator
+BUNDLED = {"en": 2, "zh": 5, "es": 1}
+
+
+def bundled_questions(out: Path) -> list[dict]:
+    """Write one held-out spoken arithmetic question per BUNDLED language (question.wav is the English one, the
+    demo's default; question-zh.wav, ...) said by that language's eval voice, and questions.json listing each
+    file with its question and the expected answer."""
+    import random
+
+    import soundfile
+
+    from ..data import text
+    from ..data.voices import speak, voices
+
+    listed = []
+    for lang, draw in BUNDLED.items():
+        q = text.arithmetic(random.Random(f"omnistream.demo/{lang}/{draw}"), "eval", lang)
+        name = "question.wav" if lang == "en" else f"question-{lang}.wav"
+        soundfile.write(out / name, speak(q.question.speech, voices("eval", lang)[0]), 24000, subtype="PCM_16")
+        listed.append({"audio": name, "language": lang, "question": q.question.text, "answer": q.answer,
+                       "result": q.meta["result"]})
+    (out / "questions.json").write_text(json.dumps(listed, indent=2, ensure_ascii=False) + "\n")
+    return listed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,10 +187,7 @@ def _tokenizer(work: Path, data: Path, vocab_size: int) -> None:
 
 
 def export(work: Path, size: str, out: Path | None = None) -> Path:
-    """Assemble the demo checkpoint: Thinker (s3), Talker (speaker stage), codec; fp16; tokenizer; a question."""
-    import soundfile
-
-    from ..data.voices import ROSTER, speak
+    """Assemble the demo checkpoint: Thinker (s3), Talker (speaker stage), codec; fp16; tokenizer; questions."""
     from ..talker import Talker
     from ..voice import load_audio_tokenizer
     from ..weights import save_omni
@@ -190,8 +210,7 @@ def export(work: Path, size: str, out: Path | None = None) -> Path:
     config["processor_config"] = {"layout": "qwen3.5-omni", "image_pixels": list(IMAGE_PIXELS),
                                   "video_pixels": list(VIDEO_PIXELS)}
     (out / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
-    voice = next(v for v in ROSTER if v.split == "eval" and v.language == "en")
-    soundfile.write(out / "question.wav", speak(QUESTION, voice), 24000, subtype="PCM_16")
+    bundled_questions(out)
     size_mb = sum(f.stat().st_size for f in out.iterdir()) / 1e6
     print(f"export: {out} ({size_mb:.1f} MB)", file=sys.stderr)
     return out

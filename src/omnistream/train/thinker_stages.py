@@ -17,7 +17,8 @@ of the whole global batch / world, so ranks add up to the global token mean (the
 split; plus `router_aux_loss_coef` x the MoE load-balancing loss when the router trains (not in s1, where the LM is
 frozen); plus, in s1 and s2, `ctc_coef` x a CTC loss on the audio encoder's tokens against the token ids of what the
 audio says (transcripts and spoken questions), normalised the same way. Its classifier is the LM's own input
-embedding table (cosine similarity x CTC_SCALE, the pad id as blank): an audio token learns to point at the word it
+embedding table (cosine similarity x CTC_SCALE, the pad id as blank; the table gets no gradient from it, it is the
+fixed target space): an audio token learns to point at the word it
 hears in the space the LM reads, a direct signal to the encoder that the next-token loss alone gives only through the
 whole LM (measured here: ASR was still at 80-90% WER after 2400 S2 steps without it). Training-only: no parameters.
 Logged: "loss", "ce" (the token mean), "aux" (the balancing loss itself) and "ctc" (per target token).
@@ -234,7 +235,10 @@ class ThinkerStage:
         keep = [(t, said) for t, said in zip(tokens.split(counts), batch["spoken"]) if said]
         if not keep:
             return tokens.sum() * 0.0
-        table = F.normalize(module.lm.model.embed_tokens.weight.float(), dim=-1)  # (V, H)
+        table = module.lm.model.embed_tokens.weight.detach()  # (V, H): a fixed target space, no gradient
+        if hasattr(table, "full_tensor"):  # a sharded (FSDP2) table
+            table = table.full_tensor()
+        table = F.normalize(table.float(), dim=-1)
         logp = [F.log_softmax(CTC_SCALE * F.normalize(t.float(), dim=-1) @ table.T, dim=-1) for t, _ in keep]
         lengths = torch.tensor([len(x) for x in logp])
         padded = torch.nn.utils.rnn.pad_sequence(logp)  # (T, N, V)
