@@ -62,6 +62,11 @@ def test_export_runs_in_the_demo(recipe, tmp_path, capsys):
     _, work, _ = recipe
     demo = work / "demo"
     assert {"config.json", "model.safetensors", "tokenizer.json", "question.wav"} <= {f.name for f in demo.iterdir()}
+    questions = json.loads((demo / "questions.json").read_text(encoding="utf-8"))
+    assert [q["language"] for q in questions] == ["en", "zh", "es"] and all((demo / q["audio"]).is_file()
+                                                                            for q in questions)
+    configs = [json.loads((work / d / "config.json").read_text()) for d in ("demo", "demo-fixed")]
+    assert [c["talker_config"]["interleave"] for c in configs] == ["aria", "fixed"]  # the twin, for the ablation
     out = tmp_path / "answer.wav"
     assert run(["demo", "--checkpoint", str(demo), "--out", str(out), "--max-new-tokens", "6",
                 "--max-audio-frames", "20"]) == 0

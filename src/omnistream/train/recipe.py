@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..data import read_items
+from ..voice import load_audio_tokenizer
 from .loop import TrainConfig, TrainError, train
 
 STAGES = ("tokenizer", "codec", "thinker-text", "thinker-s1", "thinker-s2", "thinker-s3", "talker-general",
@@ -121,7 +122,6 @@ def _talker_config(thinker, ids: dict, codec, size: str):
 
 def _talker_setup(work: Path, data: Path, size: str):
     """Frozen Thinker and codec, the Talker config, and the TalkerItems of every item with target speech (cached)."""
-    from ..voice import load_audio_tokenizer
     from .talker_data import default_processor, speech_tokens, talker_item
 
     thinker, tok, ids = _thinker(work, size)
@@ -187,32 +187,42 @@ def _tokenizer(work: Path, data: Path, vocab_size: int) -> None:
 
 
 def export(work: Path, size: str, out: Path | None = None) -> Path:
-    """Assemble the demo checkpoint: Thinker (s3), Talker (speaker stage), codec; fp16; tokenizer; questions."""
-    from ..talker import Talker
-    from ..voice import load_audio_tokenizer
-    from ..weights import save_omni
-    from .codec_stage import load_code2wav
-    from .talker_data import speech_tokens
+    """Assemble the demo checkpoint: Thinker (s3), Talker (speaker stage), codec; fp16; tokenizer; questions. When
+    talker-fixed was trained, its fixed-rate twin (same Thinker and codec) goes to WORK/demo-fixed for the ablation."""
+    from dataclasses import replace
 
     out = out or work / "demo"
     thinker, tok, ids = _thinker(work, size)
-    codec = load_audio_tokenizer(work / "codec" / "export")
-    code2wav = load_code2wav(work / "codec" / "export")
-    state = _model_state(work, "talker-speaker")
-    talker = Talker(_talker_config(thinker, ids, codec, size))
-    talker.load_state_dict({k[len("talker."):]: v for k, v in state.items()})
-    save_omni(out, thinker, talker, code2wav, speech_tokens(tok), codec)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(work / "tokenizer" / name, out / name)
-    from .thinker_data import IMAGE_PIXELS, VIDEO_PIXELS
-
-    config = json.loads((out / "config.json").read_text())
-    config["processor_config"] = {"layout": "qwen3.5-omni", "image_pixels": list(IMAGE_PIXELS),
-                                  "video_pixels": list(VIDEO_PIXELS)}
-    (out / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
+    config = _talker_config(thinker, ids, load_audio_tokenizer(work / "codec" / "export"), size)
+    _export_one(work, out, thinker, tok, config, "talker-speaker")
     bundled_questions(out)
     size_mb = sum(f.stat().st_size for f in out.iterdir()) / 1e6
     print(f"export: {out} ({size_mb:.1f} MB)", file=sys.stderr)
+    if (work / "talker-fixed" / "checkpoint.pt").is_file():
+        twin = _export_one(work, work / "demo-fixed", thinker, tok, replace(config, interleave="fixed"),
+                           "talker-fixed")
+        print(f"export: the fixed-rate twin -> {twin}", file=sys.stderr)
+    return out
+
+
+def _export_one(work: Path, out: Path, thinker, tok, config, talker_stage: str) -> Path:
+    """One speaking checkpoint (fp16 safetensors, config with the processor's settings, tokenizer) in `out`."""
+    from ..talker import Talker
+    from ..weights import save_omni
+    from .codec_stage import load_code2wav
+    from .talker_data import speech_tokens
+    from .thinker_data import IMAGE_PIXELS, VIDEO_PIXELS
+
+    talker = Talker(config)
+    talker.load_state_dict({k[len("talker."):]: v for k, v in _model_state(work, talker_stage).items()})
+    codec = load_audio_tokenizer(work / "codec" / "export")
+    save_omni(out, thinker, talker, load_code2wav(work / "codec" / "export"), speech_tokens(tok), codec)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(work / "tokenizer" / name, out / name)
+    saved = json.loads((out / "config.json").read_text())
+    saved["processor_config"] = {"layout": "qwen3.5-omni", "image_pixels": list(IMAGE_PIXELS),
+                                 "video_pixels": list(VIDEO_PIXELS)}
+    (out / "config.json").write_text(json.dumps(saved, indent=2, ensure_ascii=False))
     return out
 
 
