@@ -13,6 +13,7 @@ from omnistream.data import synthesize
 PLAN = [
     ("codec", ["--steps", "12", "--lr", "3e-3", "--batch", "4"]),
     ("thinker-text", ["--steps", "10", "--lr", "1e-2", "--batch", "4"]),
+    ("thinker-aut", ["--steps", "8", "--lr", "1e-2", "--batch", "4"]),
     ("thinker-s1", ["--steps", "6", "--lr", "1e-2", "--batch", "4"]),
     ("thinker-s2", ["--steps", "10", "--lr", "1e-2", "--batch", "4"]),
     ("thinker-s3", ["--steps", "6", "--lr", "5e-3", "--batch", "2"]),
@@ -23,7 +24,7 @@ PLAN = [
                     "--dpo-frames", "30"]),
     ("talker-speaker", ["--steps", "6", "--lr", "3e-3", "--batch", "2"]),
 ]
-FALLS = {"codec", "thinker-text", "thinker-s2", "talker-general", "talker-fixed", "talker-dpo"}
+FALLS = {"codec", "thinker-text", "thinker-aut", "thinker-s2", "talker-general", "talker-fixed", "talker-dpo"}
 
 
 def run(argv):

@@ -8,6 +8,7 @@ import torch
 from omnistream.config import AudioConfig, VisionConfig
 from omnistream.processor import IM_END, Processor, Tokenizer
 from omnistream.train import TrainConfig, TrainError, train
+from omnistream.train.aut_stage import AutStage, ctc_greedy, ctc_loss, heard_clips
 from omnistream.train.thinker_data import IGNORE, ExampleBuilder, ThinkerDataset, collate, corpus_texts
 from omnistream.train.thinker_stages import (
     MEDIA_KEYS,
@@ -138,11 +139,14 @@ def test_spoken_audio_carries_its_ctc_target_and_the_ctc_classifier_is_the_embed
             assert tok.decode(e.spoken) == said
     batch = collate(examples, ids["pad_token_id"])
     assert len(batch["spoken"]) == len(batch["audio_lengths"]) and sum(s is not None for s in batch["spoken"]) == 3
-    stage = ThinkerStage("s1", root / "data", root / "tok", size="tiny")
-    batch["ctc_norm"] = sum(len(s) for s in batch["spoken"] if s)
+    norm, blank = sum(len(s) for s in batch["spoken"] if s), ids["pad_token_id"]
+
+    def ctc(tokens, spoken=batch["spoken"]):
+        return float(ctc_loss(model, tokens, batch["audio_lengths"], spoken, norm, blank))
+
     table = model.lm.model.embed_tokens.weight.detach()
     counts = model.audio_tower.token_counts(torch.tensor(batch["audio_lengths"])).tolist()
-    blank, oracle = ids["pad_token_id"], []  # each audio's tokens: the embeddings of a CTC path of its spoken ids
+    oracle = []  # each audio's tokens: the embeddings of a CTC path of its spoken ids
     for n, said in zip(counts, batch["spoken"]):
         path = []
         for t in said or []:
@@ -150,11 +154,11 @@ def test_spoken_audio_carries_its_ctc_target_and_the_ctc_classifier_is_the_embed
         assert len(path) <= n  # the path fits the audio's tokens
         oracle.append(table[torch.tensor(path + [blank] * (n - len(path)))])
     with torch.no_grad():
-        perfect = stage.ctc(model, torch.cat(oracle), batch)
-        noise = stage.ctc(model, torch.randn(sum(counts), table.shape[1]), batch)
-    assert 0 <= float(perfect) < 0.1 * float(noise) and float(noise) > 1.0
-    none = dict(batch, spoken=[None] * len(counts))
-    assert float(stage.ctc(model, torch.cat(oracle), none)) == 0.0
+        perfect, noise = ctc(torch.cat(oracle)), ctc(torch.randn(sum(counts), table.shape[1]))
+        assert 0 <= perfect < 0.1 * noise and noise > 1.0
+        assert ctc(torch.cat(oracle), [None] * len(counts)) == 0.0
+        for tokens, said in zip(torch.cat(oracle).split(counts), batch["spoken"]):  # the greedy reading inverts it
+            assert ctc_greedy(model, tokens, blank) == (said or [])
 
 
 def test_long_examples_are_recordings_with_timestamps_and_multi_turn_dialogues(dataset, tiny):
@@ -257,6 +261,22 @@ def test_s1_trains_only_the_encoders_and_text_only_the_lm(dataset, chain):
     assert all(torch.equal(fresh[k], text[k]) for k in encoders)
     assert not all(torch.equal(fresh[k], text[k]) for k in lm)
     assert sum(not torch.equal(s1[k], s2[k]) for k in lm) > len(lm) // 2  # s2 trains the LM too
+
+
+def test_aut_pretraining_trains_only_the_audio_encoder_and_its_ctc_falls(dataset, chain):
+    root, items, _ = dataset
+    clips = heard_clips(items)
+    spoken = [it for it in items if it["task"] in ("transcribe", "arithmetic", "counting")]
+    assert len(clips) == len(spoken) + sum("target_speech" in it for it in items) > len(spoken)
+    stage = AutStage(root / "data", root / "tok", size="tiny", init=root / "text" / "checkpoint.pt", batch_size=4,
+                     limit=4)
+    history = train(stage, root / "aut", TrainConfig(steps=20, lr=1e-2, warmup=2, log_every=1, save_every=20,
+                                                     progress=False), resume=False)
+    ctc = history.losses["ctc"]
+    assert len(ctc) == 20 and sum(ctc[-3:]) < 0.7 * sum(ctc[:3]), ctc
+    text, aut = chain["text"][1], torch.load(root / "aut" / "checkpoint.pt", weights_only=False)["model"]
+    changed = {k for k in text if not torch.equal(text[k], aut[k])}
+    assert "audio_tower.proj2.weight" in changed and all(k.startswith("audio_tower.") for k in changed)
 
 
 def test_demo_size_fits_the_budget():

@@ -2,7 +2,7 @@
 
 Order (each stage starts from the checkpoint the one before it left in WORK; the codec and the Thinker stages do
 not depend on each other):
-  tokenizer -> thinker-text -> thinker-s1 -> thinker-s2 -> thinker-s3 -> codec
+  tokenizer -> thinker-text -> thinker-aut -> thinker-s1 -> thinker-s2 -> thinker-s3 -> codec
   -> talker-general -> talker-long -> talker-dpo -> talker-speaker -> export
   (talker-fixed: the fixed-rate twin of talker-general, same budget, for the ARIA ablation)
 WORK/<stage>/ holds checkpoint.pt, loss.png and history.json; WORK/tokenizer the tokenizer; WORK/codec/export the
@@ -26,13 +26,13 @@ from ..data import read_items
 from ..voice import load_audio_tokenizer
 from .loop import TrainConfig, TrainError, train
 
-STAGES = ("tokenizer", "codec", "thinker-text", "thinker-s1", "thinker-s2", "thinker-s3", "talker-general",
+STAGES = ("tokenizer", "codec", "thinker-text", "thinker-aut", "thinker-s1", "thinker-s2", "thinker-s3", "talker-general",
           "talker-fixed", "talker-long", "talker-dpo", "talker-speaker", "export")
-PREVIOUS = {"thinker-s1": "thinker-text", "thinker-s2": "thinker-s1", "thinker-s3": "thinker-s2",
+PREVIOUS = {"thinker-aut": "thinker-text", "thinker-s1": "thinker-aut", "thinker-s2": "thinker-s1", "thinker-s3": "thinker-s2",
             "talker-long": "talker-general", "talker-dpo": "talker-long", "talker-speaker": "talker-dpo"}
 # default (steps, lr, batch) per stage at the demo size; --steps / --lr / --batch override
-DEFAULTS = {"codec": (10000, 1e-3, 8), "thinker-text": (1500, 2e-3, 16), "thinker-s1": (400, 2e-3, 8),
-            "thinker-s2": (3000, 1e-3, 8), "thinker-s3": (400, 5e-4, 4), "talker-general": (3000, 1e-3, 8),
+DEFAULTS = {"codec": (10000, 1e-3, 8), "thinker-text": (1500, 2e-3, 16), "thinker-aut": (3000, 2e-3, 32),
+            "thinker-s1": (400, 2e-3, 8), "thinker-s2": (3000, 1e-3, 8), "thinker-s3": (400, 5e-4, 4), "talker-general": (3000, 1e-3, 8),
             "talker-fixed": (3000, 1e-3, 8), "talker-long": (300, 5e-4, 4), "talker-dpo": (100, 1e-5, 4),
             "talker-speaker": (300, 5e-4, 8)}
 # the spoken questions shipped with the demo model: language -> draw of the held-out arithmetic generator
@@ -149,6 +149,11 @@ def _stage(args: argparse.Namespace, work: Path, data: Path):
 
         make = CodecStage.tiny if size == "tiny" else CodecStage.demo
         return make(data, seed=args.seed, batch_size=batch)
+    if name == "thinker-aut":
+        from .aut_stage import AutStage
+
+        return AutStage(data, work / "tokenizer", size, _checkpoint(work, PREVIOUS[name]), batch_size=batch,
+                        seed=args.seed)
     if name.startswith("thinker-"):
         from .thinker_stages import ThinkerStage
 

@@ -15,12 +15,10 @@ Stages (`ThinkerStage(kind, ...)`, each a `Stage` of the shared loop; `init` sta
 Loss: next-token cross-entropy summed over the target tokens of this rank's rows, divided by the target tokens
 of the whole global batch / world, so ranks add up to the global token mean (the single-process curve) whatever the
 split; plus `router_aux_loss_coef` x the MoE load-balancing loss when the router trains (not in s1, where the LM is
-frozen); plus, in s1 and s2, `ctc_coef` x a CTC loss on the audio encoder's tokens against the token ids of what the
-audio says (transcripts and spoken questions), normalised the same way. Its classifier is the LM's own input
-embedding table (cosine similarity x CTC_SCALE, the pad id as blank; the table gets no gradient from it, it is the
-fixed target space): an audio token learns to point at the word it
-hears in the space the LM reads, a direct signal to the encoder that the next-token loss alone gives only through the
-whole LM (measured here: ASR was still at 80-90% WER after 2400 S2 steps without it). Training-only: no parameters.
+frozen); plus, in s1 and s2, `ctc_coef` x the AuT pretraining's CTC loss (aut_stage.ctc_loss: the audio encoder's
+tokens against the token ids of what the audio says, classified by the LM's own embedding table) on transcripts
+and spoken questions, normalised the same way: a direct signal to the encoder that the next-token loss alone gives
+only through the whole LM (measured: ASR was still at 80-90% WER after 2400 S2 steps without it).
 Logged: "loss", "ce" (the token mean), "aux" (the balancing loss itself) and "ctc" (per target token).
 
 Batches: each epoch, a shuffle seeded by (seed, epoch) is cut into global batches of B within each length class
@@ -42,12 +40,12 @@ from ..data import read_items
 from ..processor import Tokenizer
 from ..thinker import Thinker
 from . import distributed as dist
+from .aut_stage import ctc_loss
 from .loop import TrainError
 from .thinker_data import IGNORE, MULTITASK, ExampleBuilder, ThinkerDataset, collate
 from .tokenizer import special_ids
 
 STAGES = ("text", "s1", "s2", "s3")
-CTC_SCALE = 20.0  # cosine-similarity logit scale of the CTC classifier
 SIZES = ("tiny", "demo")
 MEDIA_KEYS = ("audio_features", "audio_lengths", "pixel_values", "image_grid_thw", "pixel_values_videos",
               "video_grid_thw")
@@ -224,28 +222,10 @@ class ThinkerStage:
         lm = module.lm
         aux = lm.aux_loss(out, move["attention_mask"]) if out.router_logits else ce.new_zeros(())
         loss = ce + self.aux_coef * aux if self.kind != "s1" else ce
-        ctc = self.ctc(module, heard[0], batch) if heard and self.ctc_coef else ce.new_zeros(())
+        ctc = (ctc_loss(module, heard[0], batch["audio_lengths"], batch["spoken"], batch["ctc_norm"],
+                        self.ids["pad_token_id"]) if heard and self.ctc_coef else ce.new_zeros(()))
         loss = loss + self.ctc_coef * ctc
         return {"loss": loss, "ce": ce.detach(), "aux": aux.detach(), "ctc": ctc.detach()}
-
-    def ctc(self, module: Thinker, tokens: torch.Tensor, batch: dict) -> torch.Tensor:
-        """CTC of the packed audio tokens (sum of tokens, H) against each audio's spoken ids, summed over this rank's
-        audios and divided by the global batch's CTC target tokens / world; zero when no audio has a target."""
-        counts = module.audio_tower.token_counts(torch.tensor(batch["audio_lengths"])).tolist()
-        keep = [(t, said) for t, said in zip(tokens.split(counts), batch["spoken"]) if said]
-        if not keep:
-            return tokens.sum() * 0.0
-        table = module.lm.model.embed_tokens.weight.detach()  # (V, H): a fixed target space, no gradient
-        if hasattr(table, "full_tensor"):  # a sharded (FSDP2) table
-            table = table.full_tensor()
-        table = F.normalize(table.float(), dim=-1)
-        logp = [F.log_softmax(CTC_SCALE * F.normalize(t.float(), dim=-1) @ table.T, dim=-1) for t, _ in keep]
-        lengths = torch.tensor([len(x) for x in logp])
-        padded = torch.nn.utils.rnn.pad_sequence(logp)  # (T, N, V)
-        targets = torch.tensor([i for _, said in keep for i in said], device=padded.device)
-        total = F.ctc_loss(padded, targets, lengths, torch.tensor([len(s) for _, s in keep]),
-                           blank=self.ids["pad_token_id"], reduction="sum", zero_infinity=True)
-        return total / batch["ctc_norm"]
 
     def items(self, batch: dict) -> int:
         return len(batch["tasks"])

@@ -1,0 +1,148 @@
+"""AuT pretraining: the audio encoder learns to hear, by CTC alone, before it meets the language model.
+
+The paper pretrains AuT by itself on ASR data before the Thinker's stages; here the same step, scaled down, is the
+stage "thinker-aut" between the LM warm-up ("thinker-text") and encoder alignment ("thinker-s1"). Only the audio
+encoder runs and trains: each clip of the dataset whose words are known (transcription and spoken-question
+inputs, and every target speech: spoken answers, read-aloud and cloned sentences) is encoded, and a CTC loss ties
+its tokens to the token ids of what it says.
+
+The CTC classifier is the warm LM's own input-embedding table (cosine similarity x CTC_SCALE; the pad id is the
+blank; the table is a fixed target, it gets no gradient): an audio token learns to point at the word it hears in
+the space the LM reads, so S1 starts from an encoder whose tokens already look like the text they say. Without
+the LM in the step, a step costs a fraction of a Thinker step and sees four times the clips (measured: after 1200
+S2 steps with CTC as an auxiliary loss the encoder's own greedy CTC transcripts were still 57-74% wrong).
+Thinker S1 and S2 keep the same CTC term (`ctc_loss`) beside their next-token loss.
+
+Batches: each epoch a shuffle seeded by (seed, epoch), cut into global batches of B; rank r takes its slice.
+The loss is summed over a rank's clips and divided by the global batch's target tokens / world.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..audio.features import log_mel
+from ..audio.io import load_audio
+from ..data import read_items
+from ..processor import Tokenizer
+from ..thinker import Thinker
+from . import distributed as dist
+from .loop import TrainError
+from .thinker_data import _audio_source, spoken_text
+from .tokenizer import special_ids
+
+CTC_SCALE = 20.0  # cosine-similarity logit scale of the CTC classifier
+
+
+def ctc_loss(thinker: Thinker, tokens: torch.Tensor, audio_lengths: list[int], spoken: list[list[int] | None],
+             norm: float, blank: int) -> torch.Tensor:
+    """CTC of packed audio tokens (sum of tokens, H) of audios of `audio_lengths` mel frames against each audio's
+    spoken ids (None: no target), summed and divided by `norm`; zero (with a graph) when no audio has a target."""
+    counts = thinker.audio_tower.token_counts(torch.tensor(audio_lengths)).tolist()
+    keep = [(t, said) for t, said in zip(tokens.split(counts), spoken) if said]
+    if not keep:
+        return tokens.sum() * 0.0
+    table = thinker.lm.model.embed_tokens.weight.detach()  # (V, H): a fixed target space, no gradient
+    if hasattr(table, "full_tensor"):  # a sharded (FSDP2) table
+        table = table.full_tensor()
+    table = F.normalize(table.float(), dim=-1)
+    logp = [F.log_softmax(CTC_SCALE * F.normalize(t.float(), dim=-1) @ table.T, dim=-1) for t, _ in keep]
+    padded = torch.nn.utils.rnn.pad_sequence(logp)  # (T, N, V)
+    targets = torch.tensor([i for _, said in keep for i in said], device=padded.device)
+    total = F.ctc_loss(padded, targets, torch.tensor([len(x) for x in logp]), torch.tensor([len(s) for _, s in keep]),
+                       blank=blank, reduction="sum", zero_infinity=True)
+    return total / norm
+
+
+def ctc_greedy(thinker: Thinker, tokens: torch.Tensor, blank: int) -> list[int]:
+    """The greedy CTC reading of one audio's tokens (n, H): best id per token, repeats merged, blanks dropped."""
+    table = F.normalize(thinker.lm.model.embed_tokens.weight.float(), dim=-1)
+    best = (F.normalize(tokens.float(), dim=-1) @ table.T).argmax(-1).tolist()
+    return [b for j, b in enumerate(best) if b != blank and (j == 0 or b != best[j - 1])]
+
+
+def heard_clips(items: list[dict]) -> list[tuple[str, str]]:
+    """(audio path, what it says) of every clip of the items whose words are known."""
+    clips = []
+    for item in items:
+        said = spoken_text(item)
+        if said is not None:
+            clips.append((_audio_source(item), said))
+        if "target_speech" in item:
+            clips.append((item["target_speech"], item["reply"]))
+    return clips
+
+
+class AutStage:
+    """AuT pretraining over DATA_DIR/{split}.jsonl; `init` is the thinker-text checkpoint (its embedding table is
+    the CTC classifier, its LM stays frozen and unused)."""
+
+    name = "thinker-aut"
+
+    def __init__(self, data_dir: str | Path, tokenizer_dir: str | Path, size: str = "demo",
+                 init: str | Path | None = None, *, batch_size: int = 32, seed: int = 0, split: str = "train",
+                 limit: int | None = None, device: str | torch.device | None = None):
+        from .thinker_stages import SIZES
+
+        if size not in SIZES:
+            raise TrainError(f"unknown thinker size {size!r}; expected one of {', '.join(SIZES)}")
+        if batch_size < 1:
+            raise TrainError(f"batch_size must be at least 1, got {batch_size}")
+        data = Path(data_dir) / f"{split}.jsonl"
+        if not data.is_file():
+            raise TrainError(f"no {data}; write it with `omnistream data synth --out {data_dir} --split {split}`")
+        if init is not None and not Path(init).is_file():
+            raise TrainError(f"init checkpoint {init} does not exist")
+        self.size, self.init, self.seed, self.batch_size = size, init, seed, batch_size
+        self.tokenizer = Tokenizer(tokenizer_dir)
+        self.ids = special_ids(self.tokenizer)
+        self.clips = heard_clips(read_items(data))[:limit]
+        if not self.clips:
+            raise TrainError(f"{data} has no clip whose words are known (transcribe, spoken questions, target speech)")
+        self.targets = [self.tokenizer.encode(said) for _, said in self.clips]
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def module(self) -> Thinker:
+        from .thinker_stages import build_thinker
+
+        torch.manual_seed(self.seed)
+        thinker = build_thinker(self.size, self.ids)
+        if self.init is not None:
+            state = torch.load(self.init, map_location="cpu", weights_only=False)
+            thinker.load_state_dict(state.get("model", state))
+        thinker.requires_grad_(False)
+        thinker.audio_tower.requires_grad_(True)
+        return thinker if dist.launched() else thinker.to(self.device)
+
+    def indices(self, step: int) -> list[int]:
+        """Clip indices of the global batch of `step` (whole batches of an epoch's seeded shuffle)."""
+        b = min(self.batch_size, len(self.clips))
+        per_epoch = len(self.clips) // b
+        epoch, offset = divmod(step, per_epoch)
+        order = torch.randperm(len(self.clips), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        return order[offset * b : (offset + 1) * b].tolist()
+
+    def batch(self, step: int, rank: int, world: int) -> dict:
+        if self.batch_size % world:
+            raise TrainError(f"batch_size {self.batch_size} is not a multiple of the {world} ranks")
+        chosen = self.indices(step)
+        share = len(chosen) // world
+        mine = chosen[rank * share : (rank + 1) * share]
+        waves = [load_audio(self.clips[i][0]) for i in mine]
+        features, mask = log_mel(waves, n_mels=128)  # (b, mels, T), (b, T)
+        return {"audio_features": features, "audio_lengths": mask.sum(-1).tolist(),
+                "spoken": [self.targets[i] for i in mine],
+                "norm": max(1, sum(len(self.targets[i]) for i in chosen)) / world}
+
+    def loss(self, module: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        device = next(module.parameters()).device
+        tokens = module.audio_tower(batch["audio_features"].to(device), batch["audio_lengths"])
+        ctc = ctc_loss(module, tokens, batch["audio_lengths"], batch["spoken"], batch["norm"], self.ids["pad_token_id"])
+        return {"loss": ctc, "ctc": ctc.detach()}
+
+    def items(self, batch: dict) -> int:
+        return len(batch["spoken"])
