@@ -270,6 +270,11 @@ def test_aut_pretraining_trains_only_the_audio_encoder_and_its_ctc_falls(dataset
     assert len(clips) == len(spoken) + sum("target_speech" in it for it in items) > len(spoken)
     stage = AutStage(root / "data", root / "tok", size="tiny", init=root / "text" / "checkpoint.pt", batch_size=4,
                      limit=4)
+    plain = AutStage(root / "data", root / "tok", size="tiny", batch_size=4, limit=4, augment=False)
+    a, b, c = stage.batch(3, 0, 1), stage.batch(3, 0, 1), plain.batch(3, 0, 1)
+    assert torch.equal(a["audio_features"], b["audio_features"])  # augmentation is seeded by (seed, step, clip)
+    assert a["spoken"] == c["spoken"] and a["audio_lengths"] != c["audio_lengths"]  # speed-perturbed
+    assert not torch.equal(a["audio_features"], stage.batch(3 + len(stage.clips), 0, 1)["audio_features"])
     history = train(stage, root / "aut", TrainConfig(steps=20, lr=1e-2, warmup=2, log_every=1, save_every=20,
                                                      progress=False), resume=False)
     ctc = history.losses["ctc"]

@@ -13,14 +13,23 @@ the LM in the step, a step costs a fraction of a Thinker step and sees four time
 S2 steps with CTC as an auxiliary loss the encoder's own greedy CTC transcripts were still 57-74% wrong).
 Thinker S1 and S2 keep the same CTC term (`ctc_loss`) beside their next-token loss.
 
+Augmentation (on by default), because the encoder must hear voices it never trained on: every clip is played at a
+random speed (x0.85-1.15, pitch and tempo together, as Kaldi's speed perturbation) and its log-mel gets SpecAugment
+masks (two bands of up to 16 mel bins, two spans of up to 20 frames). Measured without it: held-out sentences said
+by training voices 11-12% greedy CTC error, by the held-out voices 18-39% (and 43-68% on the held-out items).
+Each draw is seeded by (seed, step, clip), so a resumed run sees the same batches.
+
 Batches: each epoch a shuffle seeded by (seed, epoch), cut into global batches of B; rank r takes its slice.
 The loss is summed over a rank's clips and divided by the global batch's target tokens / world.
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
+import numpy as np
+import soxr
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,6 +45,9 @@ from .thinker_data import _audio_source, spoken_text
 from .tokenizer import special_ids
 
 CTC_SCALE = 20.0  # cosine-similarity logit scale of the CTC classifier
+SPEEDS = (0.85, 1.15)  # range of the speed perturbation
+MEL_MASKS, MEL_MASK_BINS = 2, 16  # SpecAugment frequency masks
+TIME_MASKS, TIME_MASK_FRAMES = 2, 20  # SpecAugment time masks
 
 
 def ctc_loss(thinker: Thinker, tokens: torch.Tensor, audio_lengths: list[int], spoken: list[list[int] | None],
@@ -65,6 +77,28 @@ def ctc_greedy(thinker: Thinker, tokens: torch.Tensor, blank: int) -> list[int]:
     return [b for j, b in enumerate(best) if b != blank and (j == 0 or b != best[j - 1])]
 
 
+def perturb_speed(wave: np.ndarray, factor: float, rate: int = 16000) -> np.ndarray:
+    """`wave` played `factor` times faster (pitch and tempo together), at the same sample rate."""
+    return soxr.resample(wave, round(rate * factor), rate).astype(np.float32, copy=False)
+
+
+def spec_augment(features: torch.Tensor, length: int, rng: random.Random) -> torch.Tensor:
+    """SpecAugment of one log-mel (mels, T) with `length` valid frames: frequency bands and time spans set to the
+    clip's mean."""
+    out = features.clone()
+    fill = float(out[:, :length].mean())
+    mels = out.shape[0]
+    for _ in range(MEL_MASKS):
+        width = rng.randint(0, MEL_MASK_BINS)
+        start = rng.randint(0, mels - width)
+        out[start : start + width, :length] = fill
+    for _ in range(TIME_MASKS):
+        width = rng.randint(0, min(TIME_MASK_FRAMES, length // 5))
+        start = rng.randint(0, length - width)
+        out[:, start : start + width] = fill
+    return out
+
+
 def heard_clips(items: list[dict]) -> list[tuple[str, str]]:
     """(audio path, what it says) of every clip of the items whose words are known."""
     clips = []
@@ -85,7 +119,7 @@ class AutStage:
 
     def __init__(self, data_dir: str | Path, tokenizer_dir: str | Path, size: str = "demo",
                  init: str | Path | None = None, *, batch_size: int = 32, seed: int = 0, split: str = "train",
-                 limit: int | None = None, device: str | torch.device | None = None):
+                 limit: int | None = None, augment: bool = True, device: str | torch.device | None = None):
         from .thinker_stages import SIZES
 
         if size not in SIZES:
@@ -97,7 +131,7 @@ class AutStage:
             raise TrainError(f"no {data}; write it with `omnistream data synth --out {data_dir} --split {split}`")
         if init is not None and not Path(init).is_file():
             raise TrainError(f"init checkpoint {init} does not exist")
-        self.size, self.init, self.seed, self.batch_size = size, init, seed, batch_size
+        self.size, self.init, self.seed, self.batch_size, self.augment = size, init, seed, batch_size, augment
         self.tokenizer = Tokenizer(tokenizer_dir)
         self.ids = special_ids(self.tokenizer)
         self.clips = heard_clips(read_items(data))[:limit]
@@ -133,8 +167,14 @@ class AutStage:
         share = len(chosen) // world
         mine = chosen[rank * share : (rank + 1) * share]
         waves = [load_audio(self.clips[i][0]) for i in mine]
+        rngs = [random.Random(f"omnistream.aut/{self.seed}/{step}/{i}") for i in mine]
+        if self.augment:
+            waves = [perturb_speed(w, r.uniform(*SPEEDS)) for w, r in zip(waves, rngs)]
         features, mask = log_mel(waves, n_mels=128)  # (b, mels, T), (b, T)
-        return {"audio_features": features, "audio_lengths": mask.sum(-1).tolist(),
+        lengths = mask.sum(-1).tolist()
+        if self.augment:
+            features = torch.stack([spec_augment(f, n, r) for f, n, r in zip(features, lengths, rngs)])
+        return {"audio_features": features, "audio_lengths": lengths,
                 "spoken": [self.targets[i] for i in mine],
                 "norm": max(1, sum(len(self.targets[i]) for i in chosen)) / world}
 
