@@ -258,3 +258,13 @@ def test_eval_explains_bad_input(model_dir, data_dir, tmp_path, capsys):
         code, err, out = _bad_eval(argv, tmp_path, capsys)
         assert code == 2 and "omnistream: error:" in err and message in err, (message, err)
         assert not out.exists()
+
+
+def test_no_tts_verdict_where_the_judge_fails_on_espeak_ng_itself():
+    from omnistream.eval.evaluate import acceptance
+
+    tts = {"en": {"error_rate": 0.30, "floor": 0.28}, "zh": {"error_rate": 1.18, "floor": 3.71}}
+    rows = {r["criterion"].split("(")[1][:2]: r for r in acceptance({"tts": [{"per_language": tts}]})
+            if r["criterion"].startswith("TTS")}
+    assert rows["en"]["pass"] is True and abs(rows["en"]["measured"] - 2.0) < 1e-9
+    assert rows["zh"]["pass"] is None and "cannot hear" in rows["zh"]["criterion"]  # not a pass at -253 points
