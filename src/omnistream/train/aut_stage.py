@@ -120,17 +120,9 @@ class AutStage:
     def __init__(self, data_dir: str | Path, tokenizer_dir: str | Path, size: str = "demo",
                  init: str | Path | None = None, *, batch_size: int = 32, seed: int = 0, split: str = "train",
                  limit: int | None = None, augment: bool = True, device: str | torch.device | None = None):
-        from .thinker_stages import SIZES
+        from .thinker_stages import check_inputs
 
-        if size not in SIZES:
-            raise TrainError(f"unknown thinker size {size!r}; expected one of {', '.join(SIZES)}")
-        if batch_size < 1:
-            raise TrainError(f"batch_size must be at least 1, got {batch_size}")
-        data = Path(data_dir) / f"{split}.jsonl"
-        if not data.is_file():
-            raise TrainError(f"no {data}; write it with `omnistream data synth --out {data_dir} --split {split}`")
-        if init is not None and not Path(init).is_file():
-            raise TrainError(f"init checkpoint {init} does not exist")
+        data = check_inputs(size, batch_size, data_dir, split, tokenizer_dir, init)
         self.size, self.init, self.seed, self.batch_size, self.augment = size, init, seed, batch_size, augment
         self.tokenizer = Tokenizer(tokenizer_dir)
         self.ids = special_ids(self.tokenizer)

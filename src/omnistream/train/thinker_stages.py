@@ -90,6 +90,24 @@ def demo_thinker_configs(vocab_size: int, size: str = "demo") -> tuple[TextConfi
     return text, audio, vision
 
 
+def check_inputs(size: str, batch_size: int, data_dir: str | Path, split: str, tokenizer_dir: str | Path,
+                 init: str | Path | None) -> Path:
+    """Refuse a Thinker stage's unusable size, batch, data file, tokenizer or init checkpoint; the data file."""
+    if size not in SIZES:
+        raise TrainError(f"unknown thinker size {size!r}; expected one of {', '.join(SIZES)}")
+    if batch_size < 1:
+        raise TrainError(f"batch_size must be at least 1, got {batch_size}")
+    data = Path(data_dir) / f"{split}.jsonl"
+    if not data.is_file():
+        raise TrainError(f"no {data}; write it with `omnistream data synth --out {data_dir} --split {split}`")
+    if not (Path(tokenizer_dir) / "tokenizer.json").is_file():
+        raise TrainError(f"no tokenizer.json in {tokenizer_dir}; train one with "
+                         f"omnistream.train.tokenizer.train_tokenizer(corpus_texts(items), dir)")
+    if init is not None and not Path(init).is_file():
+        raise TrainError(f"init checkpoint {init} does not exist")
+    return data
+
+
 def build_thinker(size: str, ids: dict[str, int]) -> Thinker:
     """A randomly initialised demo Thinker for a tokenizer's `special_ids`."""
     text, audio, vision = demo_thinker_configs(ids["vocab_size"], size)
@@ -116,18 +134,7 @@ class ThinkerStage:
                  ctc_coef: float = 1.0, device: str | torch.device | None = None):
         if kind not in STAGES:
             raise TrainError(f"unknown thinker stage {kind!r}; expected one of {', '.join(STAGES)}")
-        if size not in SIZES:
-            raise TrainError(f"unknown thinker size {size!r}; expected one of {', '.join(SIZES)}")
-        if batch_size < 1:
-            raise TrainError(f"batch_size must be at least 1, got {batch_size}")
-        data = Path(data_dir) / f"{split}.jsonl"
-        if not data.is_file():
-            raise TrainError(f"no {data}; write it with `omnistream data synth --out {data_dir} --split {split}`")
-        if not (Path(tokenizer_dir) / "tokenizer.json").is_file():
-            raise TrainError(f"no tokenizer.json in {tokenizer_dir}; train one with "
-                             f"omnistream.train.tokenizer.train_tokenizer(corpus_texts(items), dir)")
-        if init is not None and not Path(init).is_file():
-            raise TrainError(f"init checkpoint {init} does not exist")
+        data = check_inputs(size, batch_size, data_dir, split, tokenizer_dir, init)
         self.name = f"thinker-{kind}"
         self.kind, self.size, self.init, self.seed, self.batch_size = kind, size, init, seed, batch_size
         self.tokenizer = Tokenizer(tokenizer_dir)
