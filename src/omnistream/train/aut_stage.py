@@ -50,6 +50,14 @@ MEL_MASKS, MEL_MASK_BINS = 2, 16  # SpecAugment frequency masks
 TIME_MASKS, TIME_MASK_FRAMES = 2, 20  # SpecAugment time masks
 
 
+def _target_table(thinker: Thinker) -> torch.Tensor:
+    """The CTC classifier: the LM's input embeddings, unit length, fp32, detached (V, H): a fixed target space."""
+    table = thinker.lm.model.embed_tokens.weight.detach()
+    if hasattr(table, "full_tensor"):  # a sharded (FSDP2) table
+        table = table.full_tensor()
+    return F.normalize(table.float(), dim=-1)
+
+
 def ctc_loss(thinker: Thinker, tokens: torch.Tensor, audio_lengths: list[int], spoken: list[list[int] | None],
              norm: float, blank: int) -> torch.Tensor:
     """CTC of packed audio tokens (sum of tokens, H) of audios of `audio_lengths` mel frames against each audio's
@@ -58,10 +66,7 @@ def ctc_loss(thinker: Thinker, tokens: torch.Tensor, audio_lengths: list[int], s
     keep = [(t, said) for t, said in zip(tokens.split(counts), spoken) if said]
     if not keep:
         return tokens.sum() * 0.0
-    table = thinker.lm.model.embed_tokens.weight.detach()  # (V, H): a fixed target space, no gradient
-    if hasattr(table, "full_tensor"):  # a sharded (FSDP2) table
-        table = table.full_tensor()
-    table = F.normalize(table.float(), dim=-1)
+    table = _target_table(thinker)
     logp = [F.log_softmax(CTC_SCALE * F.normalize(t.float(), dim=-1) @ table.T, dim=-1) for t, _ in keep]
     padded = torch.nn.utils.rnn.pad_sequence(logp)  # (T, N, V)
     targets = torch.tensor([i for _, said in keep for i in said], device=padded.device)
@@ -72,8 +77,7 @@ def ctc_loss(thinker: Thinker, tokens: torch.Tensor, audio_lengths: list[int], s
 
 def ctc_greedy(thinker: Thinker, tokens: torch.Tensor, blank: int) -> list[int]:
     """The greedy CTC reading of one audio's tokens (n, H): best id per token, repeats merged, blanks dropped."""
-    table = F.normalize(thinker.lm.model.embed_tokens.weight.float(), dim=-1)
-    best = (F.normalize(tokens.float(), dim=-1) @ table.T).argmax(-1).tolist()
+    best = (F.normalize(tokens.float(), dim=-1) @ _target_table(thinker).T).argmax(-1).tolist()
     return [b for j, b in enumerate(best) if b != blank and (j == 0 or b != best[j - 1])]
 
 

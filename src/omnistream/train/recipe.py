@@ -28,12 +28,12 @@ from .loop import TrainConfig, TrainError, train
 
 STAGES = ("tokenizer", "codec", "thinker-text", "thinker-aut", "thinker-s1", "thinker-s2", "thinker-s3", "talker-general",
           "talker-fixed", "talker-long", "talker-dpo", "talker-speaker", "export")
-PREVIOUS = {"thinker-aut": "thinker-text", "thinker-s1": "thinker-aut", "thinker-s2": "thinker-s1", "thinker-s3": "thinker-s2",
-            "talker-long": "talker-general", "talker-dpo": "talker-long", "talker-speaker": "talker-dpo"}
+PREVIOUS = {"thinker-aut": "thinker-text", "thinker-s1": "thinker-aut", "thinker-s2": "thinker-s1",
+            "thinker-s3": "thinker-s2", "talker-long": "talker-general", "talker-dpo": "talker-long", "talker-speaker": "talker-dpo"}
 # default (steps, lr, batch) per stage at the demo size; --steps / --lr / --batch override
 DEFAULTS = {"codec": (10000, 1e-3, 8), "thinker-text": (1500, 2e-3, 16), "thinker-aut": (3000, 2e-3, 32),
-            "thinker-s1": (400, 2e-3, 8), "thinker-s2": (3000, 1e-3, 8), "thinker-s3": (400, 5e-4, 4), "talker-general": (3000, 1e-3, 8),
-            "talker-fixed": (3000, 1e-3, 8), "talker-long": (300, 5e-4, 4), "talker-dpo": (100, 1e-5, 4),
+            "thinker-s1": (400, 2e-3, 8), "thinker-s2": (3000, 1e-3, 8), "thinker-s3": (400, 5e-4, 4),
+            "talker-general": (3000, 1e-3, 8), "talker-fixed": (3000, 1e-3, 8), "talker-long": (300, 5e-4, 4), "talker-dpo": (100, 1e-5, 4),
             "talker-speaker": (300, 5e-4, 8)}
 # the spoken questions shipped with the demo model: language -> draw of the held-out arithmetic generator
 BUNDLED = {"en": 2, "zh": 5, "es": 1}
@@ -196,32 +196,33 @@ def export(work: Path, size: str, out: Path | None = None) -> Path:
     talker-fixed was trained, its fixed-rate twin (same Thinker and codec) goes to WORK/demo-fixed for the ablation."""
     from dataclasses import replace
 
+    from .codec_stage import load_code2wav
+
     out = out or work / "demo"
     thinker, tok, ids = _thinker(work, size)
-    config = _talker_config(thinker, ids, load_audio_tokenizer(work / "codec" / "export"), size)
-    _export_one(work, out, thinker, tok, config, "talker-speaker")
+    codec = load_audio_tokenizer(work / "codec" / "export")
+    shared = (thinker, tok, codec, load_code2wav(work / "codec" / "export"))
+    config = _talker_config(thinker, ids, codec, size)
+    _export_one(work, out, *shared, config, "talker-speaker")
     bundled_questions(out)
     size_mb = sum(f.stat().st_size for f in out.iterdir()) / 1e6
     print(f"export: {out} ({size_mb:.1f} MB)", file=sys.stderr)
     if (work / "talker-fixed" / "checkpoint.pt").is_file():
-        twin = _export_one(work, work / "demo-fixed", thinker, tok, replace(config, interleave="fixed"),
-                           "talker-fixed")
+        twin = _export_one(work, work / "demo-fixed", *shared, replace(config, interleave="fixed"), "talker-fixed")
         print(f"export: the fixed-rate twin -> {twin}", file=sys.stderr)
     return out
 
 
-def _export_one(work: Path, out: Path, thinker, tok, config, talker_stage: str) -> Path:
+def _export_one(work: Path, out: Path, thinker, tok, codec, code2wav, config, talker_stage: str) -> Path:
     """One speaking checkpoint (fp16 safetensors, config with the processor's settings, tokenizer) in `out`."""
     from ..talker import Talker
     from ..weights import save_omni
-    from .codec_stage import load_code2wav
     from .talker_data import speech_tokens
     from .thinker_data import IMAGE_PIXELS, VIDEO_PIXELS
 
     talker = Talker(config)
     talker.load_state_dict({k[len("talker."):]: v for k, v in _model_state(work, talker_stage).items()})
-    codec = load_audio_tokenizer(work / "codec" / "export")
-    save_omni(out, thinker, talker, load_code2wav(work / "codec" / "export"), speech_tokens(tok), codec)
+    save_omni(out, thinker, talker, code2wav, speech_tokens(tok), codec)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(work / "tokenizer" / name, out / name)
     saved = json.loads((out / "config.json").read_text())

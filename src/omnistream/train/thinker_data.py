@@ -223,6 +223,7 @@ class ThinkerDataset:
             raise ValueError(f"no items of the tasks {', '.join(tasks)}")
         self._cache: dict[int, Example] = {}
         self._targets: dict[int, int] = {}
+        self._spoken: dict[int, int] = {}  # example index -> tokens of its CTC target
         self._samples: dict[int, int] = {}  # item index -> 16 kHz samples of its audio
         self._questions: dict[str, list[int]] = {}
         for i, it in enumerate(self.items):
@@ -264,10 +265,10 @@ class ThinkerDataset:
 
     def spoken_count(self, index: int) -> int:
         """Tokens of the CTC target of example `index` (0 when it has none), without building the example."""
-        if self.kind != "chat":
-            return 0
-        said = spoken_text(self.items[index])
-        return 0 if said is None else len(self.builder.tokenizer.encode(said))
+        if index not in self._spoken:
+            said = spoken_text(self.items[index]) if self.kind == "chat" else None
+            self._spoken[index] = 0 if said is None else len(self.builder.tokenizer.encode(said))
+        return self._spoken[index]
 
     def target_count(self, index: int) -> int:
         """Target tokens of example `index`."""
