@@ -41,7 +41,7 @@ from ..processor import Tokenizer
 from ..thinker import Thinker
 from . import distributed as dist
 from .loop import TrainError
-from .thinker_data import _audio_source, spoken_text
+from .thinker_data import audio_source, spoken_text
 from .tokenizer import special_ids
 
 CTC_SCALE = 20.0  # cosine-similarity logit scale of the CTC classifier
@@ -109,7 +109,7 @@ def heard_clips(items: list[dict]) -> list[tuple[str, str]]:
     for item in items:
         said = spoken_text(item)
         if said is not None:
-            clips.append((_audio_source(item), said))
+            clips.append((audio_source(item), said))
         if "target_speech" in item:
             clips.append((item["target_speech"], item["reply"]))
     return clips

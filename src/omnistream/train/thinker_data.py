@@ -8,8 +8,16 @@ continued over the reply (text after the last media item counts on from 1 + the 
 images or videos are plain 0..S-1. No thinking block is written after the opener (enable_thinking=None).
 
 Example kinds (`ThinkerDataset(kind=...)`):
-- "text": the reply alone as plain text, `<|im_start|>assistant\\n{reply}<|im_end|>` (loss on reply + <|im_end|>),
-  the warm-up of a language model that starts from random weights.
+- "text", the warm-up of a language model that starts from random weights, in two forms:
+  - an item whose audio says known words (transcribe, spoken questions) becomes its text mirror: the same user turn
+    with the audio part replaced by what it says, as text, then the reply ("what is five plus two?" -> "Five plus
+    two is seven."; a sentence + "Transcribe this audio." -> the sentence), so the LM learns to copy and to answer
+    from the user turn before any audio reaches it;
+  - an item whose user turn is text only (read-aloud, the generated questions) trains as it is, a one-turn chat;
+  - any other item: the reply alone, `<|im_start|>assistant\\n{reply}<|im_end|>` (loss on reply + <|im_end|>).
+  `questions=N` adds N generated text questions (arithmetic and counting, languages in turn, drawn from the
+  training keys only, so held-out questions stay unseen): arithmetic over number words needs far more examples than
+  the spoken items carry.
 - "chat": one item, one turn (the multitask mix: transcribe, arithmetic, counting, image_qa, video_caption,
   video_segments by default).
 - "long" (stage S3), built deterministically from (seed, index) out of 2-4 items of the chat mix:
@@ -30,6 +38,7 @@ its DeltaNet layers, so each row trains as it would alone.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -41,6 +50,7 @@ import torch
 
 from ..audio.io import load_audio
 from ..config import AudioConfig, VisionConfig
+from ..data import text as templates
 from ..processor import IM_END, IM_START, QWEN35_OMNI, Processor, Tokenizer
 from ..vision.video import timestamp_text
 
@@ -86,8 +96,9 @@ class Example:
 
 
 def corpus_texts(items: Sequence[Mapping]) -> list[str]:
-    """The texts a tokenizer for these items is trained on: replies, prompt texts, the S3 recording prompts."""
-    texts = [item["reply"] for item in items]
+    """The texts a tokenizer for these items is trained on: replies, prompt texts, what the audios say, the S3
+    recording prompts."""
+    texts = [item["reply"] for item in items] + [t for t in map(spoken_text, items) if t]
     for item in items:
         for message in item["messages"]:
             content = message["content"]
@@ -105,9 +116,39 @@ def spoken_text(item: Mapping) -> str | None:
     return None
 
 
-def _audio_source(item: Mapping):
+def audio_source(item: Mapping):
     """The (first) audio of an item's user turn."""
     return next(p["audio"] for p in item["messages"][0]["content"] if p["type"] == "audio")
+
+
+def text_mirror(item: Mapping) -> dict:
+    """The item's user turn with its audio replaced by the text the audio says."""
+    said = spoken_text(item)
+    if said is None:
+        raise ValueError(f"item {item.get('id')!r} ({item['task']}) has no known spoken text to mirror")
+    content = [{"type": "text", "text": said} if p["type"] == "audio" else p for p in item["messages"][0]["content"]]
+    return {"role": "user", "content": content}
+
+
+def generated_questions(count: int, seed: int) -> list[dict]:
+    """`count` text-only question items (arithmetic and counting in turn, languages in turn), training keys only."""
+    makers = itertools.cycle(itertools.product(QUESTION_TASKS, templates.LANGUAGES))
+    out = []
+    for i, (task, lang) in zip(range(count), makers):
+        q = getattr(templates, task)(random.Random(f"omnistream.thinker_data/questions/{seed}/{i}"), "train", lang)
+        out.append({"id": f"generated-{i}", "task": task, "language": lang, "reply": q.answer,
+                    "messages": [{"role": "user", "content": [{"type": "text", "text": q.question.text}]}],
+                    "meta": {**q.meta, "question": q.question.text}})
+    return out
+
+
+def _text_form(item: Mapping) -> str:
+    """How the "text" kind trains an item: "chat" (a user turn of text only), "mirror" (audio whose words are
+    known) or "text" (the reply alone)."""
+    kinds = {p["type"] for p in item["messages"][0]["content"]}
+    if kinds == {"text"}:
+        return "chat"
+    return "mirror" if kinds & {"image", "video"} == set() and spoken_text(item) is not None else "text"
 
 
 class ExampleBuilder:
@@ -137,6 +178,10 @@ class ExampleBuilder:
         labels[: len(self.opener)] = IGNORE
         return Example(ids, labels, torch.arange(len(ids)).expand(3, -1).clone(), task=task)
 
+    def mirror(self, item: Mapping) -> Example:
+        """The item's text mirror as a one-turn chat: what its audio says, as text, then the reply."""
+        return self.chat([(text_mirror(item), item["reply"])], task=item["task"])
+
     def item(self, item: Mapping) -> Example:
         """One item as a one-turn chat, with the token ids of what its audio says when the item knows it."""
         example = self.chat([(item["messages"][0], item["reply"])], task=item["task"])
@@ -151,7 +196,7 @@ class ExampleBuilder:
 
     def recording(self, items: Sequence[Mapping]) -> Example:
         """The spoken questions of `items` (one language) as one recording; the reply answers each after its time."""
-        waves = [load_audio(_audio_source(it)) for it in items]
+        waves = [load_audio(audio_source(it)) for it in items]
         starts, total = self.recording_layout([len(w) for w in waves])
         audio = np.zeros(total, dtype=np.float32)
         for w, s in zip(waves, starts):
@@ -214,11 +259,14 @@ class ThinkerDataset:
     KINDS = ("text", "chat", "long")
 
     def __init__(self, items: Sequence[Mapping], builder: ExampleBuilder, kind: str, tasks: Sequence[str] = MULTITASK,
-                 seed: int = 0):
+                 seed: int = 0, questions: int = 0):
         if kind not in self.KINDS:
             raise ValueError(f"unknown example kind {kind!r}; expected one of {', '.join(self.KINDS)}")
+        if questions and kind != "text":
+            raise ValueError(f"generated text questions belong to the \"text\" kind, not {kind!r}")
         self.builder, self.kind, self.seed = builder, kind, seed
-        self.items = list(items) if kind == "text" else [it for it in items if it["task"] in tasks]
+        self.items = (list(items) + generated_questions(questions, seed) if kind == "text" else
+                      [it for it in items if it["task"] in tasks])
         if not self.items:
             raise ValueError(f"no items of the tasks {', '.join(tasks)}")
         self._cache: dict[int, Example] = {}
@@ -234,9 +282,10 @@ class ThinkerDataset:
         return len(self.items)
 
     def plan(self, index: int) -> tuple[str, list[int]]:
-        """What example `index` is made of: "text" / "chat" / "recording" / "dialogue" and its item indices."""
+        """What example `index` is made of: "text" / "mirror" / "chat" / "recording" / "dialogue" and its item
+        indices."""
         if self.kind == "text":
-            return "text", [index]
+            return _text_form(self.items[index]), [index]
         if self.kind == "chat":
             return "chat", [index]
         rng = random.Random(f"omnistream.thinker_data/{self.seed}/{index}")
@@ -249,7 +298,7 @@ class ThinkerDataset:
     def length_class(self, index: int) -> str:
         """A key that examples of similar length share (the task, or the long example's kind), for batching."""
         kind, idx = self.plan(index)
-        return self.items[idx[0]]["task"] if kind == "chat" else kind
+        return self.items[idx[0]]["task"] if kind in ("text", "mirror", "chat") else kind
 
     def example(self, index: int) -> Example:
         """Example `index` (cached after the first call)."""
@@ -259,6 +308,7 @@ class ThinkerDataset:
             b = self.builder
             self._cache[index] = (b.text(items[0]["reply"], items[0]["task"]) if kind == "text" else
                                   b.item(items[0]) if kind == "chat" else
+                                  b.mirror(items[0]) if kind == "mirror" else
                                   b.recording(items) if kind == "recording" else b.dialogue(items))
             self._targets[index] = self._cache[index].targets
         return self._cache[index]
@@ -279,7 +329,7 @@ class ThinkerDataset:
             if kind == "recording":
                 for i in idx:
                     if i not in self._samples:
-                        self._samples[i] = len(load_audio(_audio_source(self.items[i])))
+                        self._samples[i] = len(load_audio(audio_source(self.items[i])))
                 starts, _ = self.builder.recording_layout([self._samples[i] for i in idx])
                 self._targets[index] = len(count(self.builder.recording_reply(items, starts))) + 1
             else:
