@@ -17,7 +17,7 @@ from omnistream.train.thinker_data import (
     ThinkerDataset,
     collate,
     corpus_texts,
-    generated_questions,
+    generated_items,
     spoken_text,
 )
 from omnistream.train.thinker_stages import (
@@ -171,10 +171,10 @@ def test_spoken_audio_carries_its_ctc_target_and_the_ctc_classifier_is_the_embed
             assert ctc_greedy(model, tokens, blank) == (said or [])
 
 
-def test_text_kind_mirrors_spoken_items_as_text_and_adds_generated_questions_from_training_keys(dataset, tiny):
+def test_text_kind_mirrors_spoken_items_as_text_and_adds_generated_items_from_training_keys(dataset, tiny):
     _, items, tok = dataset
     builder, _, _ = tiny
-    data = ThinkerDataset(items, builder, "text", questions=9, seed=3)
+    data = ThinkerDataset(items, builder, "text", generated=9, seed=3)
     assert len(data) == len(items) + 9
     forms = {"transcribe": "mirror", "arithmetic": "mirror", "counting": "mirror", "read_aloud": "chat"}
     for i in range(len(data)):
@@ -184,7 +184,10 @@ def test_text_kind_mirrors_spoken_items_as_text_and_adds_generated_questions_fro
         assert tok.decode(e.labels[e.labels != IGNORE].tolist(), skip_special_tokens=False) == it["reply"] + IM_END
         assert e.audio_features is None and e.pixel_values is None and e.pixel_values_videos is None
         prompt = tok.decode(e.input_ids[e.labels == IGNORE].tolist())
-        if i >= len(items):  # a generated question: the question as the user turn
+        if i >= len(items) and it["task"] == "transcribe":  # a generated transcript: the sentence, copied
+            assert form == "chat" and it["reply"] in prompt and templates.transcribe_prompt(it["language"]) in prompt
+            assert not templates.held_out(it["meta"]["sentence"])
+        elif i >= len(items):  # a generated question: the question as the user turn
             assert form == "chat" and it["task"] in ("arithmetic", "counting")
             assert it["meta"]["question"] in prompt and answer_correct(it["reply"], it["meta"]["result"],
                                                                        it["language"])
@@ -195,18 +198,18 @@ def test_text_kind_mirrors_spoken_items_as_text_and_adds_generated_questions_fro
             elif form == "text":
                 assert prompt.strip() == "assistant"
     made = data.items[len(items):]
-    assert [(q["task"], q["language"]) for q in made[:6]] == [(t, lang) for t in ("arithmetic", "counting")
-                                                              for lang in templates.LANGUAGES]
-    for q in made:  # never a held-out question
+    assert [(q["task"], q["language"]) for q in made] == [
+        (t, lang) for t in ("transcribe", "arithmetic", "counting") for lang in templates.LANGUAGES]
+    for q in [q for q in made if q["task"] != "transcribe"]:  # never a held-out question
         m = q["meta"]
         key = (f"arith:{m['a']}{m['op']}{m['b']}" if q["task"] == "arithmetic" else
                f"{m['kind']}:{m['n']}" if m["kind"] != "repeat" else
                f"repeat:{next(j for j, row in enumerate(templates._REPEAT_WORDS) if m['word'] in row)}:{m['n']}")
         assert not templates.held_out(key), key
-    assert generated_questions(9, 3) == made and generated_questions(9, 4) != made
+    assert generated_items(9, 3) == made and generated_items(9, 4) != made
     assert all(spoken_text(it) in corpus_texts(items) for it in items if spoken_text(it))
     with pytest.raises(ValueError, match="text"):
-        ThinkerDataset(items, builder, "chat", questions=2)
+        ThinkerDataset(items, builder, "chat", generated=2)
 
 
 def test_long_examples_are_recordings_with_timestamps_and_multi_turn_dialogues(dataset, tiny):

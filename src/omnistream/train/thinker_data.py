@@ -13,11 +13,11 @@ Example kinds (`ThinkerDataset(kind=...)`):
     with the audio part replaced by what it says, as text, then the reply ("what is five plus two?" -> "Five plus
     two is seven."; a sentence + "Transcribe this audio." -> the sentence), so the LM learns to copy and to answer
     from the user turn before any audio reaches it;
-  - an item whose user turn is text only (read-aloud, the generated questions) trains as it is, a one-turn chat;
+  - an item whose user turn is text only (read-aloud, the generated items) trains as it is, a one-turn chat;
   - any other item: the reply alone, `<|im_start|>assistant\\n{reply}<|im_end|>` (loss on reply + <|im_end|>).
-  `questions=N` adds N generated text questions (arithmetic and counting, languages in turn, drawn from the
-  training keys only, so held-out questions stay unseen): arithmetic over number words needs far more examples than
-  the spoken items carry.
+  `generated=N` adds N generated text items (transcripts, arithmetic and counting questions, languages in turn,
+  drawn from the training keys only, so held-out sentences and questions stay unseen): copying and arithmetic over
+  number words need far more examples than the spoken items carry.
 - "chat": one item, one turn (the multitask mix: transcribe, arithmetic, counting, image_qa, video_caption,
   video_segments by default).
 - "long" (stage S3), built deterministically from (seed, index) out of 2-4 items of the chat mix:
@@ -130,15 +130,23 @@ def text_mirror(item: Mapping) -> dict:
     return {"role": "user", "content": content}
 
 
-def generated_questions(count: int, seed: int) -> list[dict]:
-    """`count` text-only question items (arithmetic and counting in turn, languages in turn), training keys only."""
-    makers = itertools.cycle(itertools.product(QUESTION_TASKS, templates.LANGUAGES))
+def generated_items(count: int, seed: int) -> list[dict]:
+    """`count` text-only items from the training keys: transcripts of a written sentence, arithmetic and counting
+    questions, in turn, languages in turn; each is the text mirror of the spoken item it stands for."""
+    makers = itertools.cycle(itertools.product(("transcribe",) + QUESTION_TASKS, templates.LANGUAGES))
     out = []
     for i, (task, lang) in zip(range(count), makers):
-        q = getattr(templates, task)(random.Random(f"omnistream.thinker_data/questions/{seed}/{i}"), "train", lang)
-        out.append({"id": f"generated-{i}", "task": task, "language": lang, "reply": q.answer,
-                    "messages": [{"role": "user", "content": [{"type": "text", "text": q.question.text}]}],
-                    "meta": {**q.meta, "question": q.question.text}})
+        rng = random.Random(f"omnistream.thinker_data/generated/{seed}/{i}")
+        if task == "transcribe":
+            key, said = templates.sentence(rng, "train", lang)
+            content = [{"type": "text", "text": said.text}, {"type": "text", "text": templates.transcribe_prompt(lang)}]
+            reply, meta = said.text, {"sentence": key}
+        else:
+            q = getattr(templates, task)(rng, "train", lang)
+            content = [{"type": "text", "text": q.question.text}]
+            reply, meta = q.answer, {**q.meta, "question": q.question.text}
+        out.append({"id": f"generated-{i}", "task": task, "language": lang, "reply": reply,
+                    "messages": [{"role": "user", "content": content}], "meta": meta})
     return out
 
 
@@ -259,13 +267,13 @@ class ThinkerDataset:
     KINDS = ("text", "chat", "long")
 
     def __init__(self, items: Sequence[Mapping], builder: ExampleBuilder, kind: str, tasks: Sequence[str] = MULTITASK,
-                 seed: int = 0, questions: int = 0):
+                 seed: int = 0, generated: int = 0):
         if kind not in self.KINDS:
             raise ValueError(f"unknown example kind {kind!r}; expected one of {', '.join(self.KINDS)}")
-        if questions and kind != "text":
-            raise ValueError(f"generated text questions belong to the \"text\" kind, not {kind!r}")
+        if generated and kind != "text":
+            raise ValueError(f"generated text items belong to the \"text\" kind, not {kind!r}")
         self.builder, self.kind, self.seed = builder, kind, seed
-        self.items = (list(items) + generated_questions(questions, seed) if kind == "text" else
+        self.items = (list(items) + generated_items(generated, seed) if kind == "text" else
                       [it for it in items if it["task"] in tasks])
         if not self.items:
             raise ValueError(f"no items of the tasks {', '.join(tasks)}")

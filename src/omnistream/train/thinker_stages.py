@@ -2,7 +2,7 @@
 
 Stages (`ThinkerStage(kind, ...)`, each a `Stage` of the shared loop; `init` starts from the previous one):
 - "text": language-model warm-up on text alone (thinker_data "text" examples: text mirrors of the spoken items, the
-  text-only chats, other replies alone, and TEXT_QUESTIONS generated arithmetic and counting questions). The paper
+  text-only chats, other replies alone, and TEXT_GENERATED generated transcripts, arithmetic and counting questions). The paper
   starts from a pretrained Qwen3.5 LLM; ours starts random, so it first learns to write the dataset's three
   languages, to copy and to answer from text, so that later stages only teach it to read the audio. Only the LM
   trains (the encoders are unused and frozen).
@@ -49,7 +49,7 @@ from .tokenizer import special_ids
 
 STAGES = ("text", "s1", "s2", "s3")
 SIZES = ("tiny", "demo")
-TEXT_QUESTIONS = {"demo": 20000, "tiny": 64}  # generated text questions of the "text" stage, per size
+TEXT_GENERATED = {"demo": 30000, "tiny": 64}  # generated text items of the "text" stage, per size
 MEDIA_KEYS = ("audio_features", "audio_lengths", "pixel_values", "image_grid_thw", "pixel_values_videos",
               "video_grid_thw")
 
@@ -134,7 +134,7 @@ class ThinkerStage:
     def __init__(self, kind: str, data_dir: str | Path, tokenizer_dir: str | Path, size: str = "demo",
                  init: str | Path | None = None, *, batch_size: int = 8, seed: int = 0, split: str = "train",
                  tasks: tuple[str, ...] = MULTITASK, limit: int | None = None, aux_coef: float | None = None,
-                 ctc_coef: float = 1.0, text_questions: int | None = None,
+                 ctc_coef: float = 1.0, generated: int | None = None,
                  device: str | torch.device | None = None):
         if kind not in STAGES:
             raise TrainError(f"unknown thinker stage {kind!r}; expected one of {', '.join(STAGES)}")
@@ -149,8 +149,8 @@ class ThinkerStage:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         builder = ExampleBuilder(self.tokenizer, self.configs[1], self.configs[2])
         examples = {"text": "text", "s1": "chat", "s2": "chat", "s3": "long"}[kind]
-        questions = (TEXT_QUESTIONS[size] if text_questions is None else text_questions) if kind == "text" else 0
-        self.data = ThinkerDataset(read_items(data), builder, examples, tasks, seed, questions)
+        made = (TEXT_GENERATED[size] if generated is None else generated) if kind == "text" else 0
+        self.data = ThinkerDataset(read_items(data), builder, examples, tasks, seed, made)
         self.n = len(self.data) if limit is None else max(1, min(limit, len(self.data)))
         self._perms: dict[int, list[list[int]]] = {}
 
