@@ -208,8 +208,13 @@ def test_text_kind_mirrors_spoken_items_as_text_and_adds_generated_items_from_tr
         assert not templates.held_out(key), key
     assert generated_items(9, 3) == made and generated_items(9, 4) != made
     assert all(spoken_text(it) in corpus_texts(items) for it in items if spoken_text(it))
-    with pytest.raises(ValueError, match="text"):
-        ThinkerDataset(items, builder, "chat", generated=2)
+    chat = ThinkerDataset(items, builder, "chat", generated=6, seed=3)  # S2: spoken items and text items side by side
+    for i in range(len(chat)):
+        e, text_only = chat.example(i), i >= len(chat) - 6
+        assert chat.spoken_count(i) == len(e.spoken or []) and (e.audio_features is None) >= text_only
+        assert chat.length_class(i).startswith("text/") == text_only  # never batched with media items
+    with pytest.raises(ValueError, match="long"):
+        ThinkerDataset(items, builder, "long", generated=2)
 
 
 def test_long_examples_are_recordings_with_timestamps_and_multi_turn_dialogues(dataset, tiny):

@@ -17,7 +17,8 @@ Example kinds (`ThinkerDataset(kind=...)`):
   - any other item: the reply alone, `<|im_start|>assistant\\n{reply}<|im_end|>` (loss on reply + <|im_end|>).
   `generated=N` adds N generated text items (transcripts, arithmetic and counting questions, languages in turn,
   drawn from the training keys only, so held-out sentences and questions stay unseen): copying and arithmetic over
-  number words need far more examples than the spoken items carry.
+  number words need far more examples than the spoken items carry. The "chat" kind takes `generated` too, so that
+  S2 keeps practising them in text beside the spoken items (batches never mix text-only and media items).
 - "chat": one item, one turn (the multitask mix: transcribe, arithmetic, counting, image_qa, video_caption,
   video_segments by default).
 - "long" (stage S3), built deterministically from (seed, index) out of 2-4 items of the chat mix:
@@ -270,11 +271,11 @@ class ThinkerDataset:
                  seed: int = 0, generated: int = 0):
         if kind not in self.KINDS:
             raise ValueError(f"unknown example kind {kind!r}; expected one of {', '.join(self.KINDS)}")
-        if generated and kind != "text":
-            raise ValueError(f"generated text items belong to the \"text\" kind, not {kind!r}")
+        if generated and kind == "long":
+            raise ValueError("generated text items belong to the \"text\" and \"chat\" kinds, not \"long\"")
         self.builder, self.kind, self.seed = builder, kind, seed
-        self.items = (list(items) + generated_items(generated, seed) if kind == "text" else
-                      [it for it in items if it["task"] in tasks])
+        chosen = list(items) if kind == "text" else [it for it in items if it["task"] in tasks]
+        self.items = chosen + generated_items(generated, seed)
         if not self.items:
             raise ValueError(f"no items of the tasks {', '.join(tasks)}")
         self._cache: dict[int, Example] = {}
@@ -304,9 +305,13 @@ class ThinkerDataset:
         return "dialogue", rng.sample(range(len(self.items)), min(rng.randint(2, 4), len(self.items)))
 
     def length_class(self, index: int) -> str:
-        """A key that examples of similar length share (the task, or the long example's kind), for batching."""
+        """A key that examples of similar length and the same media share (the task, "text/" + the task for a
+        text-only item, or the long example's kind), for batching."""
         kind, idx = self.plan(index)
-        return self.items[idx[0]]["task"] if kind in ("text", "mirror", "chat") else kind
+        if kind not in ("text", "mirror", "chat"):
+            return kind
+        item = self.items[idx[0]]
+        return f"text/{item['task']}" if _text_form(item) == "chat" else item["task"]
 
     def example(self, index: int) -> Example:
         """Example `index` (cached after the first call)."""
@@ -324,7 +329,8 @@ class ThinkerDataset:
     def spoken_count(self, index: int) -> int:
         """Tokens of the CTC target of example `index` (0 when it has none), without building the example."""
         if index not in self._spoken:
-            said = spoken_text(self.items[index]) if self.kind == "chat" else None
+            item = self.items[index]
+            said = spoken_text(item) if self.kind == "chat" and _text_form(item) != "chat" else None
             self._spoken[index] = 0 if said is None else len(self.builder.tokenizer.encode(said))
         return self._spoken[index]
 

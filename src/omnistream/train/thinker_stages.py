@@ -1,16 +1,16 @@
 """The Thinker's training stages, the paper's recipe scaled down to the synthetic dataset and a ~8M-parameter model.
 
 Stages (`ThinkerStage(kind, ...)`, each a `Stage` of the shared loop; `init` starts from the previous one):
-- "text": language-model warm-up on text alone (thinker_data "text" examples: text mirrors of the spoken items, the
-  text-only chats, other replies alone, and TEXT_GENERATED generated transcripts, arithmetic and counting questions). The paper
-  starts from a pretrained Qwen3.5 LLM; ours starts random, so it first learns to write the dataset's three
+- "text": language-model warm-up on text alone (thinker_data "text" examples: text mirrors of the spoken items,
+  the text-only chats, other replies alone, and GENERATED transcripts, arithmetic and counting questions). The
+  paper starts from a pretrained Qwen3.5 LLM; ours starts random, so it first learns to write the dataset's three
   languages, to copy and to answer from text, so that later stages only teach it to read the audio. Only the LM
   trains (the encoders are unused and frozen).
 - "s1", encoder alignment: the audio and vision encoders, their projections (AuT proj1/proj2, the vision merger and
   deepstack mergers) included, train on the multitask mix while the whole LM (embeddings and head too) stays
   frozen, so the encoders learn to speak the LM's language.
 - "s2", general multitask: everything trains on the one-turn multitask mix (transcribe, arithmetic, counting,
-  image_qa, video_caption, video_segments).
+  image_qa, video_caption, video_segments) and GENERATED text items, so the LM keeps what it learnt in text.
 - "s3", long context: everything trains on thinker_data "long" examples (several questions in one recording with
   timestamps; multi-turn chats of 2-4 items).
 
@@ -49,7 +49,9 @@ from .tokenizer import special_ids
 
 STAGES = ("text", "s1", "s2", "s3")
 SIZES = ("tiny", "demo")
-TEXT_GENERATED = {"demo": 30000, "tiny": 64}  # generated text items of the "text" stage, per size
+# generated text items (thinker_data.generated_items) per stage and size: the text stage learns from them, S2 keeps
+# practising them beside the spoken items
+GENERATED = {"text": {"demo": 30000, "tiny": 64}, "s2": {"demo": 1500, "tiny": 8}}
 MEDIA_KEYS = ("audio_features", "audio_lengths", "pixel_values", "image_grid_thw", "pixel_values_videos",
               "video_grid_thw")
 
@@ -149,7 +151,7 @@ class ThinkerStage:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         builder = ExampleBuilder(self.tokenizer, self.configs[1], self.configs[2])
         examples = {"text": "text", "s1": "chat", "s2": "chat", "s3": "long"}[kind]
-        made = (TEXT_GENERATED[size] if generated is None else generated) if kind == "text" else 0
+        made = GENERATED.get(kind, {}).get(size, 0) if generated is None else generated
         self.data = ThinkerDataset(read_items(data), builder, examples, tasks, seed, made)
         self.n = len(self.data) if limit is None else max(1, min(limit, len(self.data)))
         self._perms: dict[int, list[list[int]]] = {}
