@@ -1,5 +1,6 @@
 """Thinker training: the dataset's tokenizer, items -> examples -> batches, and the four stages on a tiny model."""
 
+import random
 import shutil
 
 import pytest
@@ -18,6 +19,7 @@ from omnistream.train.thinker_data import (
     collate,
     corpus_texts,
     generated_items,
+    spelled_alignment,
     spoken_text,
 )
 from omnistream.train.thinker_stages import (
@@ -171,12 +173,27 @@ def test_spoken_audio_carries_its_ctc_target_and_the_ctc_classifier_is_the_embed
             assert ctc_greedy(model, tokens, blank) == (said or [])
 
 
-def test_text_kind_mirrors_spoken_items_as_text_and_adds_generated_items_from_training_keys(dataset, tiny):
+def _ctc_collapse(path, blank):
+    return [t for j, t in enumerate(path) if t != blank and (j == 0 or t != path[j - 1])]
+
+
+def test_spelled_alignment_is_a_ctc_path_of_the_ids_that_fills_the_slots():
+    rng = random.Random(0)
+    for _ in range(200):
+        ids = [rng.randint(1, 3) for _ in range(rng.randint(1, 12))]
+        slots = rng.randint(2 * len(ids), 6 * len(ids))
+        path = spelled_alignment(ids, slots, 0, rng)
+        assert len(path) == slots and _ctc_collapse(path, 0) == ids
+    assert spelled_alignment([1, 2, 3], 2, 0, rng) is None
+
+
+def test_text_kind_spells_spoken_items_and_adds_generated_items_from_training_keys(dataset, tiny):
     _, items, tok = dataset
     builder, _, _ = tiny
     data = ThinkerDataset(items, builder, "text", generated=9, seed=3)
     assert len(data) == len(items) + 9
-    forms = {"transcribe": "mirror", "arithmetic": "mirror", "counting": "mirror", "read_aloud": "chat"}
+    forms = {"transcribe": "spelled", "arithmetic": "spelled", "counting": "spelled", "read_aloud": "chat"}
+    audio_pad, blank = tok.token_to_id("<|audio_pad|>"), special_ids(tok)["pad_token_id"]
     for i in range(len(data)):
         it, (form, _) = data.items[i], data.plan(i)
         e = data.example(i)
@@ -193,8 +210,12 @@ def test_text_kind_mirrors_spoken_items_as_text_and_adds_generated_items_from_tr
                                                                        it["language"])
         else:
             assert form == forms.get(it["task"], "text"), it["task"]
-            if form == "mirror":  # what the audio says stands where the audio was, the rest of the turn kept
-                assert spoken_text(it) in prompt and "<|audio" not in tok.decode(e.input_ids.tolist(), False)
+            if form == "spelled":  # the audio's slots hold what it says, CTC-aligned; the rest of the turn kept
+                full = builder.item(it)
+                slots = full.input_ids == audio_pad
+                assert torch.equal(e.input_ids[~slots], full.input_ids[~slots]) and not (e.input_ids == audio_pad).any()
+                assert torch.equal(e.position_ids, full.position_ids)
+                assert _ctc_collapse(e.input_ids[slots].tolist(), blank) == tok.encode(spoken_text(it))
             elif form == "text":
                 assert prompt.strip() == "assistant"
     made = data.items[len(items):]

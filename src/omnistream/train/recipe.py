@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=100, metavar="N")
     p.add_argument("--vocab-size", type=int, default=2048, metavar="N", help="tokenizer stage: BPE size")
+    p.add_argument("--generated", type=int, metavar="N",
+                   help="thinker-text, thinker-s2: generated text items (default: thinker_stages.GENERATED)")
     p.add_argument("--log-every", type=int, default=10, metavar="N", help="steps per logged (averaged) loss point")
     p.add_argument("--dpo-items", type=int, default=64, metavar="N", help="talker-dpo: items sampled for pairs")
     p.add_argument("--dpo-samples", type=int, default=4, metavar="N", help="talker-dpo: renderings per item")
@@ -160,7 +162,7 @@ def _stage(args: argparse.Namespace, work: Path, data: Path):
 
         init = _checkpoint(work, PREVIOUS[name]) if name in PREVIOUS else None
         return ThinkerStage(name.split("-", 1)[1], data, work / "tokenizer", size, init, batch_size=batch,
-                            seed=args.seed)
+                            seed=args.seed, generated=args.generated)
     thinker, tok, tokens, config, raw, items = _talker_setup(work, data, size)
     init = _model_state(work, PREVIOUS[name]) if name in PREVIOUS else None
     if name == "talker-dpo":

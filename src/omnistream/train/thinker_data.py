@@ -9,10 +9,15 @@ images or videos are plain 0..S-1. No thinking block is written after the opener
 
 Example kinds (`ThinkerDataset(kind=...)`):
 - "text", the warm-up of a language model that starts from random weights, in two forms:
-  - an item whose audio says known words (transcribe, spoken questions) becomes its text mirror: the same user turn
-    with the audio part replaced by what it says, as text, then the reply ("what is five plus two?" -> "Five plus
-    two is seven."; a sentence + "Transcribe this audio." -> the sentence), so the LM learns to copy and to answer
-    from the user turn before any audio reaches it;
+  - an item whose audio says known words (transcribe, spoken questions) is "spelled": its chat as the processor
+    writes it, audio placeholders and TM-RoPE positions included, but the placeholders hold the ids of what the
+    audio says spread over them as a CTC alignment would (each token on a run of 1 or more slots, the pad id, CTC's
+    blank, between), then the reply. AuT pretraining teaches the encoder to emit exactly such sequences (its tokens
+    point at the embeddings of the words, blanks at the pad's), so the LM learns to read and answer from them before
+    any real audio reaches it ("what is five plus two?" -> "Five plus two is seven."). Measured: an LM taught on
+    plain text mirrors only (the words as text in the user turn: 0% copy error) still read the AuT encoder's tokens
+    at 75% WER after S1, although their own greedy CTC reading was right. A clip shorter than its words (fewer
+    slots than tokens) falls back to the plain text mirror;
   - an item whose user turn is text only (read-aloud, the generated items) trains as it is, a one-turn chat;
   - any other item: the reply alone, `<|im_start|>assistant\\n{reply}<|im_end|>` (loss on reply + <|im_end|>).
   `generated=N` adds N generated text items (transcripts, arithmetic and counting questions, languages in turn,
@@ -54,6 +59,7 @@ from ..config import AudioConfig, VisionConfig
 from ..data import text as templates
 from ..processor import IM_END, IM_START, QWEN35_OMNI, Processor, Tokenizer
 from ..vision.video import timestamp_text
+from .tokenizer import special_ids
 
 IGNORE = -100
 MULTITASK = ("transcribe", "arithmetic", "counting", "image_qa", "video_caption", "video_segments")
@@ -152,12 +158,27 @@ def generated_items(count: int, seed: int) -> list[dict]:
 
 
 def _text_form(item: Mapping) -> str:
-    """How the "text" kind trains an item: "chat" (a user turn of text only), "mirror" (audio whose words are
+    """How the "text" kind trains an item: "chat" (a user turn of text only), "spelled" (audio whose words are
     known) or "text" (the reply alone)."""
     kinds = {p["type"] for p in item["messages"][0]["content"]}
     if kinds == {"text"}:
         return "chat"
-    return "mirror" if kinds & {"image", "video"} == set() and spoken_text(item) is not None else "text"
+    return "spelled" if kinds & {"image", "video"} == set() and spoken_text(item) is not None else "text"
+
+
+def spelled_alignment(ids: Sequence[int], slots: int, blank: int, rng: random.Random) -> list[int] | None:
+    """`ids` spread over `slots` positions like a CTC alignment: slot span k of `slots / len(ids)` starts with a run
+    of 1 or more copies of ids[k], blanks after it (at least one before a repeat of the same id, where the span has
+    room); None when there are fewer slots than ids."""
+    if len(ids) > slots or not ids:
+        return None
+    out = [blank] * slots
+    for k, token in enumerate(ids):
+        start, end = k * slots // len(ids), (k + 1) * slots // len(ids)
+        repeat = k + 1 < len(ids) and ids[k + 1] == token and end - start > 1
+        run = rng.randint(1, end - start - repeat)
+        out[start : start + run] = [token] * run
+    return out
 
 
 class ExampleBuilder:
@@ -173,6 +194,7 @@ class ExampleBuilder:
         self.stamped = Processor(tokenizer, audio_config, timestamp_every=self.stamp_seconds, **common)
         get = tokenizer.token_to_id
         self.im_start, self.im_end, self.assistant = get(IM_START), get(IM_END), get("assistant")
+        self.audio_token, self.blank = self.processor.audio_pad_id, special_ids(tokenizer)["pad_token_id"]
         self.opener = tokenizer.encode(f"{IM_START}assistant\n")
         if None in (self.im_start, self.im_end, self.assistant) or len(self.opener) != 3:
             raise ValueError("the tokenizer needs <|im_start|>, <|im_end|> and 'assistant' as single tokens "
@@ -190,6 +212,19 @@ class ExampleBuilder:
     def mirror(self, item: Mapping) -> Example:
         """The item's text mirror as a one-turn chat: what its audio says, as text, then the reply."""
         return self.chat([(text_mirror(item), item["reply"])], task=item["task"])
+
+    def spelled(self, item: Mapping, seed: int = 0) -> Example:
+        """The item's chat with its audio placeholders holding a CTC-like alignment of what the audio says (no
+        audio); its text mirror when the clip has fewer tokens than its words."""
+        example = self.item(item)
+        slots = (example.input_ids == self.audio_token).nonzero().flatten()
+        rng = random.Random(f"omnistream.thinker_data/spelled/{seed}/{item['id']}")
+        path = spelled_alignment(self.tokenizer.encode(spoken_text(item)), len(slots), self.blank, rng)
+        if path is None:
+            return self.mirror(item)
+        example.input_ids[slots] = torch.tensor(path)
+        example.audio_features, example.audio_lengths, example.spoken = None, [], None
+        return example
 
     def item(self, item: Mapping) -> Example:
         """One item as a one-turn chat, with the token ids of what its audio says when the item knows it."""
@@ -291,7 +326,7 @@ class ThinkerDataset:
         return len(self.items)
 
     def plan(self, index: int) -> tuple[str, list[int]]:
-        """What example `index` is made of: "text" / "mirror" / "chat" / "recording" / "dialogue" and its item
+        """What example `index` is made of: "text" / "spelled" / "chat" / "recording" / "dialogue" and its item
         indices."""
         if self.kind == "text":
             return _text_form(self.items[index]), [index]
@@ -308,7 +343,7 @@ class ThinkerDataset:
         """A key that examples of similar length and the same media share (the task, "text/" + the task for a
         text-only item, or the long example's kind), for batching."""
         kind, idx = self.plan(index)
-        if kind not in ("text", "mirror", "chat"):
+        if kind not in ("text", "spelled", "chat"):
             return kind
         item = self.items[idx[0]]
         return f"text/{item['task']}" if _text_form(item) == "chat" else item["task"]
@@ -321,7 +356,7 @@ class ThinkerDataset:
             b = self.builder
             self._cache[index] = (b.text(items[0]["reply"], items[0]["task"]) if kind == "text" else
                                   b.item(items[0]) if kind == "chat" else
-                                  b.mirror(items[0]) if kind == "mirror" else
+                                  b.spelled(items[0], self.seed) if kind == "spelled" else
                                   b.recording(items) if kind == "recording" else b.dialogue(items))
             self._targets[index] = self._cache[index].targets
         return self._cache[index]
