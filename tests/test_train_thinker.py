@@ -269,8 +269,8 @@ def test_long_examples_are_recordings_with_timestamps_and_multi_turn_dialogues(d
 
 def test_batches_are_deterministic_and_ranks_add_up_to_the_global_batch(dataset):
     root, _, _ = dataset
-    stage = ThinkerStage("s2", root / "data", root / "tok", size="tiny", batch_size=4, seed=3)
-    again = ThinkerStage("s2", root / "data", root / "tok", size="tiny", batch_size=4, seed=3)
+    stage = ThinkerStage("s2", root / "data", root / "tok", size="tiny", batch_size=4, seed=3, generated=0)
+    again = ThinkerStage("s2", root / "data", root / "tok", size="tiny", batch_size=4, seed=3, generated=0)
     assert [stage.indices(s) for s in range(5)] == [again.indices(s) for s in range(5)]
     walk = [i for s in range(3) for i in stage.indices(s)]  # 12 positions over 12 chat items: one epoch
     assert sorted(walk) == list(range(len(stage.data)))
