@@ -13,11 +13,6 @@ the LM in the step, a step costs a fraction of a Thinker step and sees four time
 S2 steps with CTC as an auxiliary loss the encoder's own greedy CTC transcripts were still 57-74% wrong).
 Thinker S1 and S2 keep the same CTC term (`ctc_loss`) beside their next-token loss.
 
-CTC only needs the right id to score highest (measured: the tokens' cosine to the embedding they point at averaged
-0.67, their norm about 0.6x the embeddings'), while the LM reads the vectors themselves. So a second term,
-`match_loss` (x MATCH_COEF), pulls every token onto the raw embedding its best CTC path (Viterbi, `ctc_align`)
-assigns it, blanks onto the pad's: the very sequence the text stage's "spelled" items taught the LM to read.
-
 Augmentation (on by default), because the encoder must hear voices it never trained on: every clip is played at a
 random speed (x0.85-1.15, pitch and tempo together, as Kaldi's speed perturbation) and its log-mel gets SpecAugment
 masks (two bands of up to 16 mel bins, two spans of up to 20 frames). Measured without it: held-out sentences said
@@ -53,7 +48,6 @@ CTC_SCALE = 20.0  # cosine-similarity logit scale of the CTC classifier
 SPEEDS = (0.85, 1.15)  # range of the speed perturbation
 MEL_MASKS, MEL_MASK_BINS = 2, 16  # SpecAugment frequency masks
 TIME_MASKS, TIME_MASK_FRAMES = 2, 20  # SpecAugment time masks
-MATCH_COEF = 1.0  # weight of match_loss beside the CTC loss
 
 
 def _target_table(thinker: Thinker) -> torch.Tensor:
@@ -79,54 +73,6 @@ def ctc_loss(thinker: Thinker, tokens: torch.Tensor, audio_lengths: list[int], s
     total = F.ctc_loss(padded, targets, torch.tensor([len(x) for x in logp]), torch.tensor([len(s) for _, s in keep]),
                        blank=blank, reduction="sum", zero_infinity=True)
     return total / norm
-
-
-def ctc_align(logp: np.ndarray, ids: list[int], blank: int) -> list[int]:
-    """The best CTC path (Viterbi) of `ids` through per-token log-probabilities `logp` (T, V): one id per token
-    (blank included), or [] when the ids need more tokens than there are."""
-    states = [blank]
-    for i in ids:
-        states += [i, blank]
-    n, t_max = len(states), len(logp)
-    score = np.full((t_max, n), -np.inf)
-    back = np.zeros((t_max, n), dtype=np.int64)
-    score[0, :2] = logp[0, states[:2]]
-    for t in range(1, t_max):
-        for s in range(n):
-            moves = [s, s - 1] + ([s - 2] if s >= 2 and states[s] != blank and states[s] != states[s - 2] else [])
-            best = max((m for m in moves if m >= 0), key=lambda m: score[t - 1, m])
-            score[t, s], back[t, s] = score[t - 1, best] + logp[t, states[s]], best
-    s = n - 1 if score[-1, n - 1] >= score[-1, n - 2] else n - 2
-    if not np.isfinite(score[-1, s]):
-        return []
-    path = [s]
-    for t in range(t_max - 1, 0, -1):
-        path.append(int(back[t, path[-1]]))
-    return [states[j] for j in reversed(path)]
-
-
-def match_loss(thinker: Thinker, tokens: torch.Tensor, audio_lengths: list[int], spoken: list[list[int] | None],
-               blank: int) -> torch.Tensor:
-    """Mean squared distance, relative to the target's squared norm, between each audio token and the raw LM input
-    embedding its best CTC path assigns it (blank: the pad's): CTC alone only needs the right id to win, while the
-    LM reads embeddings, so this pulls the tokens onto the vectors the text stage's spelled items showed it."""
-    counts = thinker.audio_tower.token_counts(torch.tensor(audio_lengths)).tolist()
-    raw = thinker.lm.model.embed_tokens.weight.detach().float()
-    table = _target_table(thinker)
-    picked, wanted = [], []
-    for t, said in zip(tokens.split(counts), spoken):
-        if not said:
-            continue
-        with torch.no_grad():
-            logp = F.log_softmax(CTC_SCALE * F.normalize(t.float(), dim=-1) @ table.T, dim=-1).cpu().numpy()
-        path = ctc_align(logp, said, blank)
-        if path:
-            picked.append(t.float())
-            wanted.append(raw[torch.tensor(path, device=raw.device)])
-    if not picked:
-        return tokens.sum() * 0.0
-    out, target = torch.cat(picked), torch.cat(wanted)
-    return (((out - target) ** 2).sum(-1) / (target**2).sum(-1).clamp_min(1e-6)).mean()
 
 
 def ctc_greedy(thinker: Thinker, tokens: torch.Tensor, blank: int) -> list[int]:
@@ -177,13 +123,11 @@ class AutStage:
 
     def __init__(self, data_dir: str | Path, tokenizer_dir: str | Path, size: str = "demo",
                  init: str | Path | None = None, *, batch_size: int = 32, seed: int = 0, split: str = "train",
-                 limit: int | None = None, augment: bool = True, match_coef: float = MATCH_COEF,
-                 device: str | torch.device | None = None):
+                 limit: int | None = None, augment: bool = True, device: str | torch.device | None = None):
         from .thinker_stages import check_inputs
 
         data = check_inputs(size, batch_size, data_dir, split, tokenizer_dir, init)
         self.size, self.init, self.seed, self.batch_size, self.augment = size, init, seed, batch_size, augment
-        self.match_coef = match_coef
         self.tokenizer = Tokenizer(tokenizer_dir)
         self.ids = special_ids(self.tokenizer)
         self.clips = heard_clips(read_items(data))[:limit]
@@ -233,11 +177,8 @@ class AutStage:
     def loss(self, module: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         device = next(module.parameters()).device
         tokens = module.audio_tower(batch["audio_features"].to(device), batch["audio_lengths"])
-        blank = self.ids["pad_token_id"]
-        ctc = ctc_loss(module, tokens, batch["audio_lengths"], batch["spoken"], batch["norm"], blank)
-        match = (match_loss(module, tokens, batch["audio_lengths"], batch["spoken"], blank) if self.match_coef
-                 else ctc.new_zeros(()))
-        return {"loss": ctc + self.match_coef * match, "ctc": ctc.detach(), "match": match.detach()}
+        ctc = ctc_loss(module, tokens, batch["audio_lengths"], batch["spoken"], batch["norm"], self.ids["pad_token_id"])
+        return {"loss": ctc, "ctc": ctc.detach()}
 
     def items(self, batch: dict) -> int:
         return len(batch["spoken"])
