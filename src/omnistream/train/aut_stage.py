@@ -137,13 +137,9 @@ class AutStage:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     def module(self) -> Thinker:
-        from .thinker_stages import build_thinker
+        from .thinker_stages import initial_thinker
 
-        torch.manual_seed(self.seed)
-        thinker = build_thinker(self.size, self.ids)
-        if self.init is not None:
-            state = torch.load(self.init, map_location="cpu", weights_only=False)
-            thinker.load_state_dict(state.get("model", state))
+        thinker = initial_thinker(self.size, self.ids, self.init, self.seed)
         thinker.requires_grad_(False)
         thinker.audio_tower.requires_grad_(True)
         return thinker if dist.launched() else thinker.to(self.device)

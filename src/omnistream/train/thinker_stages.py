@@ -1,11 +1,11 @@
 """The Thinker's training stages, the paper's recipe scaled down to the synthetic dataset and a ~8M-parameter model.
 
 Stages (`ThinkerStage(kind, ...)`, each a `Stage` of the shared loop; `init` starts from the previous one):
-- "text": language-model warm-up on text alone (thinker_data "text" examples: text mirrors of the spoken items,
-  the text-only chats, other replies alone, and GENERATED transcripts, arithmetic and counting questions). The
-  paper starts from a pretrained Qwen3.5 LLM; ours starts random, so it first learns to write the dataset's three
-  languages, to copy and to answer from text, so that later stages only teach it to read the audio. Only the LM
-  trains (the encoders are unused and frozen).
+- "text": language-model warm-up on text alone (thinker_data "text" examples: the spoken items spelled out in
+  their audio slots, the text-only chats, other replies alone, and GENERATED transcripts, arithmetic and counting
+  questions). The paper starts from a pretrained Qwen3.5 LLM; ours starts random, so it first learns to write the
+  dataset's three languages, to copy and to answer from text, so that later stages only teach it to read the
+  audio. Only the LM trains (the encoders are unused and frozen).
 - "s1", encoder alignment: the audio and vision encoders, their projections (AuT proj1/proj2, the vision merger and
   deepstack mergers) included, train on the multitask mix while the whole LM (embeddings and head too) stays
   frozen, so the encoders learn to speak the LM's language.
@@ -120,6 +120,21 @@ def build_thinker(size: str, ids: dict[str, int]) -> Thinker:
     return Thinker(text, audio, ids["audio_token_id"], vision, ids["image_token_id"], ids["video_token_id"])
 
 
+def initial_thinker(size: str, ids: dict[str, int], init: str | Path | None, seed: int) -> Thinker:
+    """A stage's starting Thinker: built with `seed`, then loaded from `init` (a checkpoint.pt or a bare state dict)
+    when given; a checkpoint of another size or tokenizer is refused by name."""
+    torch.manual_seed(seed)
+    thinker = build_thinker(size, ids)
+    if init is not None:
+        state = torch.load(init, map_location="cpu", weights_only=False)
+        try:
+            thinker.load_state_dict(state.get("model", state))
+        except RuntimeError as e:
+            raise TrainError(f"init checkpoint {init} does not fit a {size!r} thinker with this tokenizer "
+                             f"({ids['vocab_size']} ids): {str(e)[:300]}") from e
+    return thinker
+
+
 def parameter_counts(thinker: Thinker) -> dict[str, int]:
     """Parameters of the LM, the audio and vision encoders, and in total."""
     def count(m: nn.Module | None) -> int:
@@ -158,16 +173,7 @@ class ThinkerStage:
 
     # ---------------------------------------------------------------- Stage protocol
     def module(self) -> Thinker:
-        torch.manual_seed(self.seed)
-        thinker = build_thinker(self.size, self.ids)
-        if self.init is not None:
-            state = torch.load(self.init, map_location="cpu", weights_only=False)
-            state = state.get("model", state)
-            try:
-                thinker.load_state_dict(state)
-            except RuntimeError as e:
-                raise TrainError(f"init checkpoint {self.init} does not fit a {self.size!r} thinker with this "
-                                 f"tokenizer ({self.ids['vocab_size']} ids): {str(e)[:300]}") from e
+        thinker = initial_thinker(self.size, self.ids, self.init, self.seed)
         encoders = [thinker.audio_tower, thinker.visual]
         thinker.requires_grad_(self.kind in ("s2", "s3"))
         if self.kind == "text":
