@@ -68,6 +68,9 @@ def test_export_runs_in_the_demo(recipe, tmp_path, capsys):
                                                                             for q in questions)
     configs = [json.loads((work / d / "config.json").read_text()) for d in ("demo", "demo-fixed")]
     assert [c["talker_config"]["interleave"] for c in configs] == ["aria", "fixed"]  # the twin, for the ablation
+    settings = json.loads((work / "talker.json").read_text())  # the ARIA prior measured by talker-general
+    assert configs[0]["talker_config"]["aria_frames_per_token"] == settings["aria_frames_per_token"]
+    assert set(settings["aria_frames_per_token"]) == {"en", "zh", "es"}
     out = tmp_path / "answer.wav"
     assert run(["demo", "--checkpoint", str(demo), "--out", str(out), "--max-new-tokens", "6",
                 "--max-audio-frames", "20"]) == 0

@@ -12,7 +12,7 @@ from omnistream.thinker import Thinker
 from omnistream.train import TrainConfig, train
 from omnistream.train.talker_data import (IGNORE, TalkerDataError, aria_sequence, default_processor, fixed_sequence,
                                           speech_tokens, talker_item)
-from omnistream.train.talker_stages import TalkerLoss, TalkerStage, demo_talker_config
+from omnistream.train.talker_stages import TalkerLoss, TalkerStage, demo_talker_config, measured_prior
 from omnistream.talker import Talker
 from reference import randomize
 from tokenizer_fixture import build_omni_tokenizer
@@ -63,6 +63,17 @@ def test_sequences_put_every_frame_where_its_code_is_predicted(setup):
         slots = (seq.targets == config.codec_text_slot_id).nonzero().flatten()
         assert len(slots) == sum(u.kind is Kind.TEXT for u in stream) == len(item.reply_ids)
         assert int((seq.targets != IGNORE).sum()) == len(stream) + 1
+
+
+def test_the_measured_prior_bounds_every_item(setup):
+    _, _, _, items, _ = setup
+    langs = [r["language"] for r in STATE["raw"]]
+    prior = measured_prior(items, langs)
+    assert set(prior) == set(langs)
+    for item, lang in zip(items, langs):
+        assert item.codes.shape[1] / len(item.reply_ids) <= prior[lang] < item.codes.shape[1] / len(item.reply_ids) + 3
+    with pytest.raises(TalkerDataError, match="languages"):
+        measured_prior(items, langs[1:])
 
 
 def test_a_cloned_voice_is_in_the_prompt(setup):

@@ -111,16 +111,32 @@ def _thinker(work: Path, size: str):
     return thinker.eval().requires_grad_(False), tok, ids
 
 
-def _talker_config(thinker, ids: dict, codec, size: str):
-    """The demo Talker config that fits this Thinker (width, accept layer = the middle one), tokenizer and codec."""
+def _talker_config(thinker, ids: dict, codec, size: str, settings: dict | None = None):
+    """The demo Talker config that fits this Thinker (width, accept layer = the middle one), tokenizer and codec,
+    with the ARIA settings of WORK/talker.json (`settings`) when given."""
+    from dataclasses import replace
+
     from ..positions import TokenIds
     from .talker_stages import demo_talker_config
 
     text = thinker.lm.config
     placeholders = TokenIds(*(ids[k] for k in ("audio_token_id", "image_token_id", "video_token_id",
                                                "vision_start_token_id", "audio_start_token_id")))
-    return demo_talker_config(text.hidden_size, text.num_hidden_layers // 2, placeholders,
-                              codec.config.num_quantizers, codec.config.codebook_size, size)
+    config = demo_talker_config(text.hidden_size, text.num_hidden_layers // 2, placeholders,
+                                codec.config.num_quantizers, codec.config.codebook_size, size)
+    return replace(config, **settings) if settings else config
+
+
+def _talker_settings(work: Path, raw: list[dict], items: list) -> dict:
+    """The ARIA settings every Talker stage and export share, fixed by the first Talker stage in WORK/talker.json:
+    the prior R̂ measured on its items (most frames per reply token, per language)."""
+    from .talker_stages import measured_prior
+
+    path = work / "talker.json"
+    if not path.is_file():
+        prior = measured_prior(items, [r["language"] for r in raw])
+        path.write_text(json.dumps({"aria_frames_per_token": prior}, indent=2) + "\n")
+    return json.loads(path.read_text())
 
 
 def _talker_setup(work: Path, data: Path, size: str):
@@ -140,6 +156,7 @@ def _talker_setup(work: Path, data: Path, size: str):
         shell, processor = Talker(config), default_processor(tok, thinker)
         items = [talker_item(r, data, thinker, shell, codec, processor, tok) for r in raw]
         torch.save(items, cache)
+    config = _talker_config(thinker, ids, codec, size, _talker_settings(work, raw, items))
     return thinker, tok, speech_tokens(tok), config, raw, items
 
 
@@ -205,7 +222,8 @@ def export(work: Path, size: str, out: Path | None = None) -> Path:
     thinker, tok, ids = _thinker(work, size)
     codec = load_audio_tokenizer(work / "codec" / "export")
     shared = (thinker, tok, codec, load_code2wav(work / "codec" / "export"))
-    config = _talker_config(thinker, ids, codec, size)
+    settings = work / "talker.json"
+    config = _talker_config(thinker, ids, codec, size, json.loads(settings.read_text()) if settings.is_file() else None)
     _export_one(work, out, *shared, config, "talker-speaker")
     bundled_questions(out)
     size_mb = sum(f.stat().st_size for f in out.iterdir()) / 1e6

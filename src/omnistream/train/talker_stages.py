@@ -8,6 +8,7 @@ the frame's codebook 0. The Thinker stays frozen outside the trained module.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import replace
 
@@ -49,8 +50,19 @@ def demo_talker_config(thinker_hidden: int, accept_layer: int, placeholders: Tok
                         accept_hidden_layer=accept_layer, codec_pad_id=k, codec_bos_id=k + 1, codec_eos_token_id=k + 2,
                         codec_nothink_id=k + 3, codec_think_bos_id=k + 4, codec_think_eos_id=k + 5,
                         speaker_id=speakers, interleave="aria", codec_text_slot_id=k + 6,
-                        aria_frames_per_token={"en": 2.5, "es": 2.5, "zh": 4.0}, aria_default_ratio=4.0,
+                        aria_frames_per_token={"en": 5.0, "es": 5.0, "zh": 5.0}, aria_default_ratio=5.0,
                         placeholders=placeholders)
+
+
+def measured_prior(items: list[TalkerItem], languages: list[str]) -> dict[str, float]:
+    """ARIA's prior R̂ per language: the most frames per reply token among the items (an upper estimate), rounded
+    up to a tenth."""
+    if len(items) != len(languages):
+        raise TalkerDataError(f"{len(items)} talker items but {len(languages)} languages")
+    most: dict[str, float] = {}
+    for item, lang in zip(items, languages):
+        most[lang] = max(most.get(lang, 0.0), item.codes.shape[1] / len(item.reply_ids))
+    return {lang: math.ceil(r * 10) / 10 for lang, r in sorted(most.items())}
 
 
 def seeded_share(pool: list, batch_size: int, seed: int, step: int, rank: int, world: int) -> list:
