@@ -11,7 +11,7 @@ SEED ?= 0
 TRAIN_ITEMS ?= 4000
 EVAL_ITEMS ?= 400
 THINKER_RECIPE := tokenizer thinker-text thinker-aut thinker-s1 thinker-s2 thinker-s3
-TALKER_RECIPE := talker-general talker-fixed talker-long talker-dpo talker-speaker export
+TALKER_RECIPE := talker-general talker-fixed talker-long talker-dpo talker-speaker talker-mtp talker-fixed-mtp export
 
 CHECKPOINT ?=
 PROMPT ?= Give me a one-sentence summary of what a Mixture-of-Experts model is.

@@ -23,8 +23,11 @@ PLAN = [
     ("talker-dpo", ["--steps", "6", "--lr", "3e-3", "--batch", "2", "--dpo-items", "2", "--dpo-samples", "2",
                     "--dpo-frames", "30"]),
     ("talker-speaker", ["--steps", "6", "--lr", "3e-3", "--batch", "2"]),
+    ("talker-mtp", ["--steps", "10", "--lr", "1e-2", "--batch", "64"]),
+    ("talker-fixed-mtp", ["--steps", "10", "--lr", "1e-2", "--batch", "64"]),
 ]
-FALLS = {"codec", "thinker-text", "thinker-aut", "thinker-s2", "talker-general", "talker-fixed", "talker-dpo"}
+FALLS = {"codec", "thinker-text", "thinker-aut", "thinker-s2", "talker-general", "talker-fixed", "talker-dpo",
+         "talker-mtp", "talker-fixed-mtp"}
 
 
 def run(argv):

@@ -12,6 +12,7 @@ from omnistream.thinker import Thinker
 from omnistream.train import TrainConfig, train
 from omnistream.train.talker_data import (IGNORE, TalkerDataError, aria_sequence, default_processor, fixed_sequence,
                                           speech_tokens, talker_item)
+from omnistream.train.mtp_stage import MtpStage
 from omnistream.train.talker_stages import TalkerLoss, TalkerStage, demo_talker_config, measured_prior
 from omnistream.talker import Talker
 from reference import randomize
@@ -95,6 +96,30 @@ def test_each_stage_learns(setup, kind, tmp_path):
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["model"]
     module = TalkerLoss(Talker(stage.config))
     module.load_state_dict(state)
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_the_mtp_stage_trains_the_code_predictor_alone(setup, fixed, tmp_path):
+    """Frames of every item, with the hidden state TalkerLoss gives the MTP there; only the code predictor moves."""
+    thinker, _, tokens, items, config = setup
+    torch.manual_seed(1)
+    init = TalkerLoss(Talker(config)).state_dict()
+    stage = MtpStage(items, thinker, tokens, config, init, fixed=fixed, batch_size=32)
+    assert stage.codes.shape == (sum(it.codes.shape[1] for it in items), Q) and stage.hidden.shape[0] == stage.codes.shape[0]
+    first = stage.module()
+    seq = (fixed_sequence if fixed else aria_sequence)(thinker, first.talker, tokens, items[0])
+    with torch.no_grad():
+        _, hidden = first.talker(seq.embeds[None], seq.positions)
+    n = items[0].codes.shape[1]
+    assert torch.allclose(stage.hidden[:n], hidden[0, seq.frame_at], atol=1e-5)
+    h = train(stage, tmp_path, TrainConfig(steps=20, lr=1e-2, warmup=2, log_every=1, save_every=20, progress=False))
+    loss = h.losses["loss"]
+    assert sum(loss[-3:]) / 3 < 0.8 * sum(loss[:3]) / 3, loss
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["model"]
+    moved = {k for k in state if not torch.equal(state[k], init[k])}
+    assert moved and all(k.startswith("talker.code_predictor.") for k in moved)
+    halves = torch.cat([stage.batch(3, rank, 2) for rank in (0, 1)])
+    assert torch.equal(halves, stage.batch(3, 0, 1))  # two ranks split one seeded draw
 
 
 def test_unknown_stage_and_voice_are_explained(setup):

@@ -3,8 +3,8 @@
 Order (each stage starts from the checkpoint the one before it left in WORK; the codec and the Thinker stages do
 not depend on each other):
   tokenizer -> thinker-text -> thinker-aut -> thinker-s1 -> thinker-s2 -> thinker-s3 -> codec
-  -> talker-general -> talker-long -> talker-dpo -> talker-speaker -> export
-  (talker-fixed: the fixed-rate twin of talker-general, same budget, for the ARIA ablation)
+  -> talker-general -> talker-long -> talker-dpo -> talker-speaker -> talker-mtp -> export
+  (talker-fixed, then talker-fixed-mtp: the fixed-rate twin, same budget, for the ARIA ablation)
 WORK/<stage>/ holds checkpoint.pt, loss.png and history.json; WORK/tokenizer the tokenizer; WORK/codec/export the
 frozen codec; `export` writes WORK/demo (fp16 safetensors + config + tokenizer + a spoken question), the layout of
 checkpoints/demo. A stopped stage resumes where it stopped when run again (unless --fresh). Under
@@ -27,15 +27,17 @@ from ..voice import load_audio_tokenizer
 from .loop import TrainConfig, TrainError, train
 
 STAGES = ("tokenizer", "codec", "thinker-text", "thinker-aut", "thinker-s1", "thinker-s2", "thinker-s3",
-          "talker-general", "talker-fixed", "talker-long", "talker-dpo", "talker-speaker", "export")
+          "talker-general", "talker-fixed", "talker-long", "talker-dpo", "talker-speaker", "talker-mtp",
+          "talker-fixed-mtp", "export")
 PREVIOUS = {"thinker-aut": "thinker-text", "thinker-s1": "thinker-aut", "thinker-s2": "thinker-s1",
             "thinker-s3": "thinker-s2", "talker-long": "talker-general", "talker-dpo": "talker-long",
-            "talker-speaker": "talker-dpo"}
+            "talker-speaker": "talker-dpo", "talker-mtp": "talker-speaker", "talker-fixed-mtp": "talker-fixed"}
 # default (steps, lr, batch) per stage at the demo size; --steps / --lr / --batch override
 DEFAULTS = {"codec": (10000, 1e-3, 8), "thinker-text": (7000, 2e-3, 16), "thinker-aut": (3000, 2e-3, 32),
             "thinker-s1": (400, 2e-3, 8), "thinker-s2": (3000, 1e-3, 8), "thinker-s3": (400, 5e-4, 4),
             "talker-general": (3000, 1e-3, 8), "talker-fixed": (3000, 1e-3, 8), "talker-long": (300, 5e-4, 4),
-            "talker-dpo": (100, 1e-5, 4), "talker-speaker": (300, 5e-4, 8)}
+            "talker-dpo": (100, 1e-5, 4), "talker-speaker": (300, 5e-4, 8), "talker-mtp": (3000, 1e-3, 512),
+            "talker-fixed-mtp": (3000, 1e-3, 512)}
 # the spoken questions shipped with the demo model: language -> draw of the held-out arithmetic generator
 BUNDLED = {"en": 2, "zh": 5, "es": 1}
 
@@ -197,6 +199,14 @@ def _stage(args: argparse.Namespace, work: Path, data: Path):
                                  seed=args.seed, max_frames=args.dpo_frames)
         print(f"talker-dpo: {len(pairs)} preference pairs from {len(pick)} items", file=sys.stderr)
         return DpoStage(pairs, thinker, tokens, talker, batch_size=batch, seed=args.seed)
+    if name.endswith("-mtp"):
+        from dataclasses import replace
+
+        from .mtp_stage import MtpStage
+
+        fixed = name == "talker-fixed-mtp"
+        config = replace(config, interleave="fixed") if fixed else config
+        return MtpStage(items, thinker, tokens, config, init, fixed=fixed, batch_size=batch, seed=args.seed)
     from .talker_stages import TalkerStage
 
     return TalkerStage(name.split("-", 1)[1], items, thinker, tokens, config, batch_size=batch, seed=args.seed,
@@ -212,8 +222,9 @@ def _tokenizer(work: Path, data: Path, vocab_size: int) -> None:
 
 
 def export(work: Path, size: str, out: Path | None = None) -> Path:
-    """Assemble the demo checkpoint: Thinker (s3), Talker (speaker stage), codec; fp16; tokenizer; questions. When
-    talker-fixed was trained, its fixed-rate twin (same Thinker and codec) goes to WORK/demo-fixed for the ablation."""
+    """Assemble the demo checkpoint: Thinker (s3), Talker (talker-mtp, else talker-speaker), codec; fp16; tokenizer;
+    questions. When talker-fixed was trained, its fixed-rate twin (talker-fixed-mtp, else talker-fixed; same Thinker
+    and codec) goes to WORK/demo-fixed for the ablation."""
     from dataclasses import replace
 
     from .codec_stage import load_code2wav
@@ -224,14 +235,20 @@ def export(work: Path, size: str, out: Path | None = None) -> Path:
     shared = (thinker, tok, codec, load_code2wav(work / "codec" / "export"))
     settings = work / "talker.json"
     config = _talker_config(thinker, ids, codec, size, json.loads(settings.read_text()) if settings.is_file() else None)
-    _export_one(work, out, *shared, config, "talker-speaker")
+    _export_one(work, out, *shared, config, _last(work, "talker-mtp", "talker-speaker"))
     bundled_questions(out)
     size_mb = sum(f.stat().st_size for f in out.iterdir()) / 1e6
     print(f"export: {out} ({size_mb:.1f} MB)", file=sys.stderr)
     if (work / "talker-fixed" / "checkpoint.pt").is_file():
-        twin = _export_one(work, work / "demo-fixed", *shared, replace(config, interleave="fixed"), "talker-fixed")
+        twin = _export_one(work, work / "demo-fixed", *shared, replace(config, interleave="fixed"),
+                           _last(work, "talker-fixed-mtp", "talker-fixed"))
         print(f"export: the fixed-rate twin -> {twin}", file=sys.stderr)
     return out
+
+
+def _last(work: Path, *stages: str) -> str:
+    """The first of `stages` that has a checkpoint in WORK (the last one otherwise)."""
+    return next((s for s in stages if (work / s / "checkpoint.pt").is_file()), stages[-1])
 
 
 def _export_one(work: Path, out: Path, thinker, tok, codec, code2wav, config, talker_stage: str) -> Path:

@@ -22,6 +22,7 @@ from ..engine.talker_prompt import SpeechTokens
 from ..positions import TokenIds
 from ..talker import Talker, TalkerConfig
 from ..thinker import Thinker
+from .mtp_stage import mtp_loss
 from .talker_data import IGNORE, TalkerDataError, TalkerItem, aria_sequence, fixed_sequence
 
 KINDS = ("general", "fixed", "long", "speaker")
@@ -86,20 +87,13 @@ class TalkerLoss(nn.Module):
 
         Sequences are built inside forward so that, sharded with FSDP2, every Talker parameter is gathered."""
         talker = self.talker
-        cp = talker.code_predictor
         build = fixed_sequence if fixed else aria_sequence
         code0, mtp = [], []
         for item in items:
             seq = build(thinker, talker, tokens, item)
             logits, hidden = talker(seq.embeds[None], seq.positions)  # (1, L, V), (1, L, H)
             code0.append(F.cross_entropy(logits[0].float(), seq.targets.to(logits.device), ignore_index=IGNORE))
-            codes = seq.codes.T.to(hidden.device)  # (T, Q)
-            q = codes.shape[1]
-            x = [hidden[0, seq.frame_at.to(hidden.device)], talker.model.embed_tokens(codes[:, 0])]
-            x += [cp.codec_embedding[g](codes[:, g + 1]) for g in range(q - 2)]
-            out = cp.model(inputs_embeds=torch.stack(x, 1)).last_hidden_state  # (T, Q, H)
-            mtp.append(torch.stack([F.cross_entropy(cp.lm_head[g](out[:, g + 1]).float(), codes[:, g + 1])
-                                    for g in range(q - 1)]).mean())
+            mtp.append(mtp_loss(talker, hidden[0, seq.frame_at.to(hidden.device)], seq.codes.T.to(hidden.device)))
         c0, m = torch.stack(code0).mean(), torch.stack(mtp).mean()
         return {"loss": c0 + mtp_weight * m, "code0": c0, "mtp": m}
 
