@@ -105,7 +105,8 @@ def test_the_mtp_stage_trains_the_code_predictor_alone(setup, fixed, tmp_path):
     torch.manual_seed(1)
     init = TalkerLoss(Talker(config)).state_dict()
     stage = MtpStage(items, thinker, tokens, config, init, fixed=fixed, batch_size=32)
-    assert stage.codes.shape == (sum(it.codes.shape[1] for it in items), Q) and stage.hidden.shape[0] == stage.codes.shape[0]
+    frames = sum(it.codes.shape[1] for it in items)
+    assert stage.codes.shape == (frames, Q) and stage.hidden.shape[0] == frames
     first = stage.module()
     seq = (fixed_sequence if fixed else aria_sequence)(thinker, first.talker, tokens, items[0])
     with torch.no_grad():

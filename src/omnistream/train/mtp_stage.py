@@ -2,9 +2,9 @@
 
 The Talker stages train the MTP module beside the Talker, on the few hundred frames of each step's items, and most
 of a step is the Talker's forward. Measured on the demo Talker (4,000 general steps, 12,000 items): its jointly
-trained MTP, given the reference codebook 0 of held-out sentences, made speech the Whisper judge read at 72% / 81%
-WER (en / es, 8 sentences each) against 40% / 36% for the codec's own codes, and giving it the reference codebook 1 as well brought
-English to 35%: the residual codebooks were the loss. Here the Talker is frozen, each item's teacher-forced hidden
+trained MTP, given the reference codebook 0 of held-out sentences (8 each), made speech the Whisper judge read at
+72% / 81% WER (en / es) against 40% / 36% for the codec's own codes, and given the reference codebook 1 as well,
+English came to 35%: the residual codebooks were the loss. Here the Talker is frozen, each item's teacher-forced hidden
 states at its frames are computed once (`frame_table`), and the code predictor learns from batches of frames drawn
 across all items, with the MTP term of `TalkerLoss` (`mtp_loss`). On those 12,000 items, 3,000 steps of 512 frames
 (15 minutes on one core, the frame table included) brought 72% / 81% to 58% / 65%; a 5-layer MTP instead of 2
