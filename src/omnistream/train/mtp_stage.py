@@ -14,25 +14,13 @@ fitted the training frames better but not held-out ones.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..engine.talker_prompt import SpeechTokens
 from ..talker import Talker, TalkerConfig
 from ..thinker import Thinker
 from .talker_data import TalkerDataError, TalkerItem, aria_sequence, fixed_sequence
-
-
-def mtp_loss(talker: Talker, hidden: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the residual codebooks of frames (T, Q), given the Talker hidden states (T, H) that
-    predicted their codebook 0: the MTP input is [hidden, code 0, codes 1..Q-2] and slot g + 1 predicts code g + 1."""
-    cp = talker.code_predictor
-    q = codes.shape[1]
-    x = [hidden, talker.model.embed_tokens(codes[:, 0])]
-    x += [cp.codec_embedding[g](codes[:, g + 1]) for g in range(q - 2)]
-    out = cp.model(inputs_embeds=torch.stack(x, 1)).last_hidden_state  # (T, Q, H)
-    return torch.stack([F.cross_entropy(cp.lm_head[g](out[:, g + 1]).float(), codes[:, g + 1])
-                        for g in range(q - 1)]).mean()
+from .talker_stages import mtp_loss, seeded_share
 
 
 @torch.no_grad()
@@ -86,10 +74,7 @@ class MtpStage:
 
     def batch(self, step: int, rank: int, world: int) -> torch.Tensor:
         """This rank's share of step `step`'s seeded draw of frame indices."""
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        picks = torch.randint(0, self.codes.shape[0], (self.batch_size,), generator=g)
-        share = max(self.batch_size // world, 1)
-        return picks[rank * share:(rank + 1) * share]
+        return torch.tensor(seeded_share(range(self.codes.shape[0]), self.batch_size, self.seed, step, rank, world))
 
     def loss(self, module: MtpLoss, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """The MTP cross-entropy of the drawn frames."""

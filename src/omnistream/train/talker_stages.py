@@ -22,7 +22,6 @@ from ..engine.talker_prompt import SpeechTokens
 from ..positions import TokenIds
 from ..talker import Talker, TalkerConfig
 from ..thinker import Thinker
-from .mtp_stage import mtp_loss
 from .talker_data import IGNORE, TalkerDataError, TalkerItem, aria_sequence, fixed_sequence
 
 KINDS = ("general", "fixed", "long", "speaker")
@@ -64,6 +63,18 @@ def measured_prior(items: list[TalkerItem], languages: list[str]) -> dict[str, f
     for item, lang in zip(items, languages):
         most[lang] = max(most.get(lang, 0.0), item.codes.shape[1] / len(item.reply_ids))
     return {lang: math.ceil(r * 10) / 10 for lang, r in sorted(most.items())}
+
+
+def mtp_loss(talker: Talker, hidden: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the residual codebooks of frames (T, Q), given the Talker hidden states (T, H) that
+    predicted their codebook 0: the MTP input is [hidden, code 0, codes 1..Q-2] and slot g + 1 predicts code g + 1."""
+    cp = talker.code_predictor
+    q = codes.shape[1]
+    x = [hidden, talker.model.embed_tokens(codes[:, 0])]
+    x += [cp.codec_embedding[g](codes[:, g + 1]) for g in range(q - 2)]
+    out = cp.model(inputs_embeds=torch.stack(x, 1)).last_hidden_state  # (T, Q, H)
+    return torch.stack([F.cross_entropy(cp.lm_head[g](out[:, g + 1]).float(), codes[:, g + 1])
+                        for g in range(q - 1)]).mean()
 
 
 def seeded_share(pool: list, batch_size: int, seed: int, step: int, rank: int, world: int) -> list:
