@@ -44,15 +44,21 @@ def test_error_rates():
     assert math.isnan(metrics.corpus_error_rate([]))
 
 
-def test_spoken_question_answers_end_on_the_result():
-    assert metrics.answer_correct("Seventeen plus twenty-five is forty-two.", 42, "en")
-    assert not metrics.answer_correct("Seventeen plus twenty-five is forty-one.", 42, "en")
-    assert not metrics.answer_correct("I do not know.", 42, "en")
-    assert metrics.answer_correct("Después del cinco va el seis.", 6, "es")
-    assert metrics.answer_correct("cuarenta más dos es igual a cuarenta y dos", 42, "es")
-    assert metrics.answer_correct("四十一后面的数是四十二。", 42, "zh")
-    assert metrics.answer_correct("你说了两次苹果。", 2, "zh")
-    assert not metrics.answer_correct("你说了三次苹果。", 2, "zh")
+def test_spoken_question_answers_say_the_reference_numbers():
+    ok = metrics.answer_correct
+    assert ok("Seventeen plus twenty-five is forty-two.", "Seventeen plus twenty-five is forty-two.", "en")
+    assert ok("17 plus 25 is 42", "Seventeen plus twenty-five is forty-two.", "en")  # as the judge may write it
+    assert not ok("Seventeen plus twenty-five is forty-one.", "Seventeen plus twenty-five is forty-two.", "en")
+    assert not ok("Seventeen plus twenty-six is forty-two.", "Seventeen plus twenty-five is forty-two.", "en")
+    assert not ok("I do not know.", "Seventeen plus twenty-five is forty-two.", "en")
+    # the last number said is right, but the result itself is not a number of the language
+    assert not ok("Uno por siete es igual a-nine.", "Uno por siete es igual a siete.", "es")
+    assert ok("Después del cinco va el seis.", "Después del cinco va el seis.", "es")
+    assert ok("cuarenta más dos es igual a cuarenta y dos", "Cuarenta más dos es igual a cuarenta y dos.", "es")
+    assert ok("四十一后面的数是四十二。", "四十一后面的数是四十二。", "zh")
+    assert ok("你说了两次苹果。", "你说了两次苹果。", "zh")
+    assert not ok("你说了三次苹果。", "你说了两次苹果。", "zh")
+    assert not ok("", "", "en")
 
 
 def test_image_answers_name_the_asked_thing():

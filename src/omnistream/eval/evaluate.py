@@ -242,7 +242,7 @@ class Evaluation:
         records = self._text_records(QUESTION_TASKS)
         for r in records:
             r["expected"] = r["item"]["meta"]["result"]
-            r["correct"] = metrics.answer_correct(r["hypothesis"], r["expected"], r["language"])
+            r["correct"] = metrics.answer_correct(r["hypothesis"], r["reference"], r["language"])
         return {"per_language": _by_language(records, _accuracy), "items": records}
 
     def image_qa(self) -> dict:

@@ -9,8 +9,9 @@ the data's words read as American ones ("neighbour" = "neighbor"). Units are wor
 characters for Mandarin (whitespace dropped; a run of digits or of non-Chinese letters, such as an English word
 the judge wrote, is one unit), so `error_rate` is a WER for en/es and a CER for zh.
 
-Spoken questions (arithmetic, counting): an answer is right when the last number it says is the expected result;
-every reply template of the data ends on the result ("... is forty-two.", "你说了三次苹果" says only the count).
+Spoken questions (arithmetic, counting): an answer is right when it says the reference answer's numbers, in order:
+every reply restates what was asked and ends on the result ("seventeen plus twenty-five is forty-two" says 17, 25,
+42; "你说了三次苹果" only the count), so a right number after a garbled result ("... es igual a-nine") is not right.
 Image questions: the answer must name the same thing as the reference answer: the same colour and shape kind
 ("what"), the same position ("where"), the same count (the last number, "how many"); the vocabulary is the
 scene module's. Videos: lines "<t seconds> ..." (captions: one event each) and "<a seconds> to <b seconds>: ..."
@@ -188,10 +189,10 @@ def corpus_error_rate(pairs) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- questions
-def answer_correct(answer: str, result: int, language: str) -> bool:
-    """Whether a spoken-question answer ends on the expected result (its last number is `result`)."""
-    found = numbers_in(answer, language)
-    return bool(found) and found[-1] == int(result)
+def answer_correct(answer: str, reference: str, language: str) -> bool:
+    """Whether a spoken-question answer says the numbers of the reference answer, in order (and says some)."""
+    expected = numbers_in(reference, language)
+    return bool(expected) and numbers_in(answer, language) == expected
 
 
 _COLUMN = {"en": 0, "es": 1, "zh": 2}

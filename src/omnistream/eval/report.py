@@ -183,7 +183,8 @@ def write_report(results: dict, out: str | Path) -> Path:
         q = results["questions"]
         per = q["per_language"]
         md += ["## Spoken questions (arithmetic, counting)", "",
-               "An answer is right when the last number it says is the expected result.", ""]
+               "An answer is right when it says the reference answer's numbers, in order (what was asked, then the "
+               "result).", ""]
         md += _table(["language", "items", "accuracy"],
                      [[LANG_NAMES.get(k, k), per[k]["n"], _pct(per[k]["accuracy"])] for k in _langs(per)])
         md += _samples(q["items"], [("id", "id"), ("lang", "language"), ("expected", "expected"),
