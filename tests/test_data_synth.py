@@ -21,7 +21,7 @@ from omnistream.config import AudioConfig, VisionConfig
 from omnistream.data import DataError, main, numbers, read_items, scenes, synthesize, text, videos
 from omnistream.data import voices as voices_mod
 from omnistream.data.tasks import SPEECH_TASKS, TASKS
-from omnistream.data.voices import ROSTER, Voice, check_voice, speak
+from omnistream.data.voices import CROWD_VARIANTS, ROSTER, Voice, check_voice, crowd_voice, speak
 from omnistream.processor import IMAGE_PAD, VIDEO_PAD, Processor, Tokenizer, chat_template
 
 HAVE_ESPEAK = shutil.which("espeak-ng") is not None
@@ -153,14 +153,35 @@ def test_roster_has_disjoint_train_and_held_out_voices():
 @needs_espeak
 def test_eval_speaks_only_with_held_out_voices(runs):
     split_of = {v.name: v.split for v in ROSTER}
+    crowd = []
     for run, split in (("a", "train"), ("eval", "eval")):
         for item in runs[run][1]:
             if item["voice"] is None:
+                continue
+            if item["voice"].startswith("crowd:"):
+                crowd.append(item)
                 continue
             assert next(v for v in ROSTER if v.name == item["voice"]).language == item["language"]
             # a named voice must be one the model trained on; its eval sentences are still held out
             expected = "train" if item["task"] == "read_aloud" else split
             assert split_of[item["voice"]] == expected, item["id"]
+    # the crowd says only training clips (never a named voice's read-aloud), never with a held-out voice's timbre
+    assert crowd and all(it["split"] == "train" and it["task"] in ("transcribe", "arithmetic", "counting", "voice_clone")
+                         for it in crowd)
+    assert {it["voice"].split(":")[1] for it in crowd} <= set(CROWD_VARIANTS)
+    assert not set(CROWD_VARIANTS) & {v.variant for v in ROSTER}
+
+
+@needs_espeak
+def test_crowd_voices_are_seeded_and_spread():
+    drawn = [crowd_voice(random.Random(i), "es") for i in range(40)]
+    assert drawn == [crowd_voice(random.Random(i), "es") for i in range(40)]
+    assert len({v.variant for v in drawn}) >= 15 and max(v.pitch for v in drawn) - min(v.pitch for v in drawn) >= 30
+    assert all(v.espeak == "es" and v.split == "train" for v in drawn)
+    samples = speak("uno dos tres", drawn[0])
+    assert samples.dtype == np.float32 and np.abs(samples).max() > 0.01
+    with pytest.raises(DataError, match="no voice for language 'fr'"):
+        crowd_voice(random.Random(0), "fr")
 
 
 def content_key(item):

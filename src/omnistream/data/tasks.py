@@ -7,7 +7,9 @@ directory (audio/, images/, videos/, named by the item id) and are referred to b
 The eval split speaks only with held-out voices (voices.py) and only held-out sentences and questions (text.py),
 with one exception: `read_aloud` asks for a voice by name, and a name means nothing for a voice never heard in
 training, so it uses training voices in both splits (its eval sentences are still held out). Zero-shot cloning
-(`voice_clone`) is what tests unseen voices on the speech-out side.
+(`voice_clone`) is what tests unseen voices on the speech-out side. In the train split half the clips to transcribe, the
+spoken questions and the voices to clone are the crowd's (voices.crowd_voice: other espeak-ng timbres at random pitch
+and speed), so that the encoder hears, and cloning copies, more than the roster's twelve training voices.
 Images and videos are fresh random scenes in both splits (drawn from the item's RNG; nothing is held out by key).
 """
 
@@ -23,13 +25,14 @@ import numpy as np
 import soundfile
 
 from . import scenes, text, videos
-from .voices import SAMPLE_RATE, Voice, assistant_voice, speak, voices
+from .voices import SAMPLE_RATE, Voice, assistant_voice, crowd_voice, speak, voices
 
 TASKS = ("transcribe", "arithmetic", "counting", "read_aloud", "voice_clone", "image_qa", "video_caption",
          "video_segments")
 SPEECH_TASKS = frozenset({"transcribe", "arithmetic", "counting", "read_aloud", "voice_clone"})
 MEDIA_DIRS = ("audio", "images", "videos")
 MEDIA_KINDS = ("audio", "image", "video")  # content part types that refer to a file
+CROWD_SHARE = 0.5  # training clips to transcribe, spoken questions and voices to clone said by the crowd
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,13 @@ class Context:
     def voice(self, lang: str, split: str | None = None) -> Voice:
         """A voice of `lang` from the roster's `split` voices (the item's split by default)."""
         return self.rng.choice(voices(split or self.split, lang))
+
+    def asker(self, lang: str) -> Voice:
+        """The voice of a clip to transcribe, a spoken question or a voice to clone: a roster voice of the split or,
+        for half the training items, one of the crowd (voices.crowd_voice)."""
+        if self.split == "train" and self.rng.random() < CROWD_SHARE:
+            return crowd_voice(self.rng, lang)
+        return self.voice(lang)
 
     def wav(self, suffix: str, samples: np.ndarray) -> str:
         """Write 24 kHz 16-bit PCM audio/{id}{suffix}.wav; return its path relative to the output directory."""
@@ -73,7 +83,7 @@ def _item(ctx: Context, task: str, lang: str, voice: Voice | None, content: list
 def transcribe(ctx: Context) -> dict:
     """A sentence spoken by a voice of the split -> its transcript."""
     lang = ctx.language()
-    voice = ctx.voice(lang)
+    voice = ctx.asker(lang)
     key, said = text.sentence(ctx.rng, ctx.split, lang)
     audio = ctx.wav("", speak(said.speech, voice))
     content = [{"type": "audio", "audio": audio}, {"type": "text", "text": text.transcribe_prompt(lang)}]
@@ -83,7 +93,7 @@ def transcribe(ctx: Context) -> dict:
 def _spoken_question(ctx: Context, task: str, make: Callable[[random.Random, str, str], text.Question]) -> dict:
     """A spoken question (audio only) -> its full-sentence answer in the question's language."""
     lang = ctx.language()
-    voice = ctx.voice(lang)
+    voice = ctx.asker(lang)
     q = make(ctx.rng, ctx.split, lang)
     audio = ctx.wav("", speak(q.question.speech, voice))
     answer = ctx.wav("-target", speak(q.answer_speech, assistant_voice(lang)))
@@ -115,7 +125,7 @@ def read_aloud(ctx: Context) -> dict:
 def voice_clone(ctx: Context) -> dict:
     """A reference clip of a voice + "read this aloud in that voice: ..." -> the sentence in that voice."""
     lang = ctx.language()
-    voice = ctx.voice(lang)
+    voice = ctx.asker(lang)
     key, said = text.sentence(ctx.rng, ctx.split, lang)
     ref_key, ref = text.sentence(ctx.rng, ctx.split, lang, avoid=key)
     reference = ctx.wav("-reference", speak(ref.speech, voice))

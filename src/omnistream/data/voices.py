@@ -3,13 +3,15 @@
 A voice is an espeak-ng language voice with a variant (`+m1`..`+m8`, `+f1`..`+f5`), a pitch (-p, 0..99) and a
 speed (-s, words per minute). The roster has 16 voices in three languages; 12 are for training and 4 (one per
 language, two for English) are held out: the eval split speaks only with those, so evaluation hears voices the
-model never trained on. Mandarin uses `cmn-latn-pinyin`, which reads pinyin with tone numbers (plain `cmn`
+model never trained on. Beside the roster, a crowd of other espeak-ng timbres at random pitch and speed
+(`crowd_voice`) says half of the training split's input speech (see tasks.py). Mandarin uses `cmn-latn-pinyin`, which reads pinyin with tone numbers (plain `cmn`
 would read the tone digits aloud), so Mandarin speech input is always pinyin (see text.py).
 """
 
 from __future__ import annotations
 
 import functools
+import random
 import re
 import shutil
 import subprocess
@@ -61,6 +63,15 @@ ROSTER: tuple[Voice, ...] = (
 )
 
 
+# espeak-ng variants no roster voice uses (nor m7 / m8, which only held-out voices have): the crowd that says half the
+# training split's input speech beside the roster, so the encoder meets timbres beyond twelve voices
+CROWD_VARIANTS = ("Alex", "Andy", "Annie", "Denis", "Gene", "Henrique", "Hugo", "Jacky", "Lee", "Mario", "Michael",
+                  "Mike", "Storm", "Tweaky", "adam", "anika", "announcer", "antonio", "aunty", "belinda", "benjamin",
+                  "boris", "caleb", "croak", "david", "ed", "edward", "grandma", "grandpa", "gustave", "iven", "john",
+                  "kaukovalta", "klatt", "klatt2", "klatt3", "linda", "max", "michel", "norbert", "pablo", "paul",
+                  "quincy", "rob", "robert", "steph", "travis", "victor", "zac")
+CROWD_PITCH, CROWD_SPEED = (20, 80), (130, 190)
+
 ASSISTANT = {"en": "Ava", "zh": "Fang", "es": "Lucia"}  # the voice that speaks spoken-question answers
 
 
@@ -70,6 +81,16 @@ def assistant_voice(language: str) -> Voice:
     if name is None:
         raise DataError(f"no assistant voice for language {language!r}; expected one of {', '.join(ASSISTANT)}")
     return next(v for v in ROSTER if v.name == name)
+
+
+def crowd_voice(rng: random.Random, language: str) -> Voice:
+    """A training voice drawn from the crowd: a CROWD_VARIANTS timbre at a random pitch and speed, named
+    "crowd:{variant}:{pitch}:{speed}"."""
+    espeak = next((v.espeak for v in ROSTER if v.language == language), None)
+    if espeak is None:
+        raise DataError(f"no voice for language {language!r}; expected one of {', '.join(sorted(ASSISTANT))}")
+    variant, pitch, speed = rng.choice(CROWD_VARIANTS), rng.randint(*CROWD_PITCH), rng.randint(*CROWD_SPEED)
+    return Voice(f"crowd:{variant}:{pitch}:{speed}", language, espeak, variant, pitch, speed, "train")
 
 
 def voices(split: str, language: str | None = None) -> list[Voice]:
