@@ -17,8 +17,8 @@ PLAN = [
     ("thinker-s1", ["--steps", "6", "--lr", "1e-2", "--batch", "4"]),
     ("thinker-s2", ["--steps", "10", "--lr", "1e-2", "--batch", "4"]),
     ("thinker-s3", ["--steps", "6", "--lr", "5e-3", "--batch", "2"]),
-    ("talker-general", ["--steps", "10", "--lr", "3e-3", "--batch", "2"]),
-    ("talker-fixed", ["--steps", "10", "--lr", "3e-3", "--batch", "2"]),
+    ("talker-general", ["--steps", "16", "--lr", "3e-3", "--batch", "2"]),
+    ("talker-fixed", ["--steps", "16", "--lr", "3e-3", "--batch", "2"]),
     ("talker-long", ["--steps", "6", "--lr", "3e-3", "--batch", "2"]),
     ("talker-dpo", ["--steps", "6", "--lr", "3e-3", "--batch", "2", "--dpo-items", "2", "--dpo-samples", "2",
                     "--dpo-frames", "30"]),
@@ -83,9 +83,9 @@ def test_export_runs_in_the_demo(recipe, tmp_path, capsys):
 def test_a_stopped_stage_resumes_and_bad_requests_are_explained(recipe, capsys):
     data, work, common = recipe
     before = json.loads((work / "talker-general" / "history.json").read_text())["steps"][-1]
-    assert run(["train", "talker-general"] + common + ["--steps", "12", "--lr", "3e-3", "--batch", "2"]) == 0
+    assert run(["train", "talker-general"] + common + ["--steps", "18", "--lr", "3e-3", "--batch", "2"]) == 0
     after = json.loads((work / "talker-general" / "history.json").read_text())["steps"]
-    assert before == 10 and after[-1] == 12 and after.count(11) == 1  # two more steps, not twelve
+    assert before == 16 and after[-1] == 18 and after.count(17) == 1  # two more steps, not eighteen
     capsys.readouterr()
     assert run(["train", "thinker-s1", "--data", str(work), "--work", str(work)]) == 2
     assert "train.jsonl" in capsys.readouterr().err

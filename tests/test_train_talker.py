@@ -1,7 +1,10 @@
 """Talker training: teacher-forced ARIA / fixed-rate sequences mirror the session; every stage's loss falls."""
 
+from dataclasses import replace
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from omnistream.aria import Kind, pack
 from omnistream.audio.codec import AudioTokenizer, CodecConfig
@@ -13,7 +16,7 @@ from omnistream.train import TrainConfig, train
 from omnistream.train.talker_data import (IGNORE, TalkerDataError, aria_sequence, default_processor, fixed_sequence,
                                           speech_tokens, talker_item)
 from omnistream.train.mtp_stage import MtpStage
-from omnistream.train.talker_stages import TalkerLoss, TalkerStage, demo_talker_config, measured_prior
+from omnistream.train.talker_stages import TalkerLoss, TalkerStage, demo_talker_config, measured_prior, mtp_loss
 from omnistream.talker import Talker
 from reference import randomize
 from tokenizer_fixture import build_omni_tokenizer
@@ -96,6 +99,27 @@ def test_each_stage_learns(setup, kind, tmp_path):
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["model"]
     module = TalkerLoss(Talker(stage.config))
     module.load_state_dict(state)
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_the_batched_loss_equals_the_loss_item_by_item(setup, fixed):
+    """One left-padded batch of sequences of different lengths gives each item's losses as it alone would."""
+    thinker, _, tokens, items, config = setup
+    torch.manual_seed(2)
+    module = TalkerLoss(Talker(replace(config, interleave="fixed") if fixed else config)).eval()
+    talker, build = module.talker, fixed_sequence if fixed else aria_sequence
+    batch = items[:4]
+    seqs = [build(thinker, talker, tokens, it) for it in batch]
+    assert len({s.embeds.shape[0] for s in seqs}) > 1  # rows are padded
+    code0, mtp = [], []
+    with torch.no_grad():
+        for s in seqs:
+            logits, hidden = talker(s.embeds[None], s.positions)
+            code0.append(F.cross_entropy(logits[0], s.targets, ignore_index=IGNORE))
+            mtp.append(mtp_loss(talker, hidden[0, s.frame_at], s.codes.T))
+        out = module(batch, thinker, tokens, fixed=fixed)
+    torch.testing.assert_close(out["code0"], torch.stack(code0).mean(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["mtp"], torch.stack(mtp).mean(), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("fixed", [False, True])

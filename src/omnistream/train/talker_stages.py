@@ -22,7 +22,7 @@ from ..engine.talker_prompt import SpeechTokens
 from ..positions import TokenIds
 from ..talker import Talker, TalkerConfig
 from ..thinker import Thinker
-from .talker_data import IGNORE, TalkerDataError, TalkerItem, aria_sequence, fixed_sequence
+from .talker_data import IGNORE, TalkerDataError, TalkerItem, TalkerSequence, aria_sequence, fixed_sequence
 
 KINDS = ("general", "fixed", "long", "speaker")
 
@@ -65,16 +65,35 @@ def measured_prior(items: list[TalkerItem], languages: list[str]) -> dict[str, f
     return {lang: math.ceil(r * 10) / 10 for lang, r in sorted(most.items())}
 
 
-def mtp_loss(talker: Talker, hidden: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the residual codebooks of frames (T, Q), given the Talker hidden states (T, H) that
-    predicted their codebook 0: the MTP input is [hidden, code 0, codes 1..Q-2] and slot g + 1 predicts code g + 1."""
+def mtp_loss(talker: Talker, hidden: torch.Tensor, codes: torch.Tensor,
+             weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of the residual codebooks of frames (T, Q), given the Talker hidden states (T, H) that predicted
+    their codebook 0 (the MTP input is [hidden, code 0, codes 1..Q-2]; slot g + 1 predicts code g + 1): the mean over
+    frames and codebooks, or with `weights` (T,) the weighted sum over frames of each frame's mean."""
     cp = talker.code_predictor
     q = codes.shape[1]
     x = [hidden, talker.model.embed_tokens(codes[:, 0])]
     x += [cp.codec_embedding[g](codes[:, g + 1]) for g in range(q - 2)]
     out = cp.model(inputs_embeds=torch.stack(x, 1)).last_hidden_state  # (T, Q, H)
-    return torch.stack([F.cross_entropy(cp.lm_head[g](out[:, g + 1]).float(), codes[:, g + 1])
-                        for g in range(q - 1)]).mean()
+    per_frame = torch.stack([F.cross_entropy(cp.lm_head[g](out[:, g + 1]).float(), codes[:, g + 1], reduction="none")
+                             for g in range(q - 1)]).mean(0)  # (T,)
+    return per_frame.mean() if weights is None else (per_frame * weights).sum()
+
+
+def padded_batch(seqs: list[TalkerSequence]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Teacher-forced sequences left-padded into one batch: embeds (B, L, H), positions (3, B, L) (sequential ones
+    written out) and the attention mask (B, L), None when no row is padded."""
+    n = max(s.embeds.shape[0] for s in seqs)
+    h, device = seqs[0].embeds.shape[1], seqs[0].embeds.device
+    embeds = seqs[0].embeds.new_zeros(len(seqs), n, h)
+    positions = torch.zeros(3, len(seqs), n, dtype=torch.long, device=device)
+    mask = torch.zeros(len(seqs), n, dtype=torch.long, device=device)
+    for r, s in enumerate(seqs):
+        k = s.embeds.shape[0]
+        embeds[r, n - k:], mask[r, n - k:] = s.embeds, 1
+        positions[:, r, n - k:] = (torch.arange(k, device=device).expand(3, k) if s.positions is None
+                                   else s.positions[:, 0].to(device))
+    return embeds, positions, None if bool(mask.all()) else mask
 
 
 def seeded_share(pool: list, batch_size: int, seed: int, step: int, rank: int, world: int) -> list:
@@ -94,18 +113,24 @@ class TalkerLoss(nn.Module):
 
     def forward(self, items: list[TalkerItem], thinker: Thinker, tokens: SpeechTokens, fixed: bool = False,
                 mtp_weight: float = 1.0) -> dict[str, torch.Tensor]:
-        """Mean codebook-0 and MTP cross-entropies over the items; 'loss' = code0 + mtp_weight * mtp.
+        """Codebook-0 and MTP cross-entropies, each the mean over items of the item's mean; 'loss' = code0 +
+        mtp_weight * mtp. The items' sequences run as one left-padded batch.
 
         Sequences are built inside forward so that, sharded with FSDP2, every Talker parameter is gathered."""
         talker = self.talker
         build = fixed_sequence if fixed else aria_sequence
-        code0, mtp = [], []
-        for item in items:
-            seq = build(thinker, talker, tokens, item)
-            logits, hidden = talker(seq.embeds[None], seq.positions)  # (1, L, V), (1, L, H)
-            code0.append(F.cross_entropy(logits[0].float(), seq.targets.to(logits.device), ignore_index=IGNORE))
-            mtp.append(mtp_loss(talker, hidden[0, seq.frame_at.to(hidden.device)], seq.codes.T.to(hidden.device)))
-        c0, m = torch.stack(code0).mean(), torch.stack(mtp).mean()
+        seqs = [build(thinker, talker, tokens, item) for item in items]
+        embeds, positions, mask = padded_batch(seqs)
+        logits, hidden = talker(embeds, positions, attention_mask=mask)  # (B, L, V), (B, L, H)
+        n, code0, at, weights = embeds.shape[1], [], [], []
+        for r, s in enumerate(seqs):
+            pad = n - s.embeds.shape[0]
+            code0.append(F.cross_entropy(logits[r, pad:].float(), s.targets.to(logits.device), ignore_index=IGNORE))
+            at.append(r * n + pad + s.frame_at.to(hidden.device))
+            weights.append(torch.full((len(s.frame_at),), 1 / (len(seqs) * len(s.frame_at)), device=hidden.device))
+        frames = hidden.flatten(0, 1)[torch.cat(at)]  # (sum T, H)
+        codes = torch.cat([s.codes.T for s in seqs]).to(hidden.device)  # (sum T, Q)
+        c0, m = torch.stack(code0).mean(), mtp_loss(talker, frames, codes, torch.cat(weights))
         return {"loss": c0 + mtp_weight * m, "code0": c0, "mtp": m}
 
 
