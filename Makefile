@@ -10,7 +10,7 @@ WORK ?= runs/work
 SEED ?= 0
 TRAIN_ITEMS ?= 4000
 EVAL_ITEMS ?= 400
-THINKER_RECIPE := tokenizer thinker-text thinker-aut thinker-s1 thinker-s2 thinker-s3
+THINKER_RECIPE := tokenizer thinker-text thinker-drill thinker-aut thinker-s1 thinker-s2 thinker-s3
 TALKER_RECIPE := talker-general talker-fixed talker-long talker-dpo talker-speaker talker-mtp talker-fixed-mtp export
 
 CHECKPOINT ?=

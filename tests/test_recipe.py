@@ -13,6 +13,7 @@ from omnistream.data import synthesize
 PLAN = [
     ("codec", ["--steps", "12", "--lr", "3e-3", "--batch", "4"]),
     ("thinker-text", ["--steps", "10", "--lr", "1e-2", "--batch", "4"]),
+    ("thinker-drill", ["--steps", "10", "--lr", "3e-3", "--batch", "8"]),
     ("thinker-aut", ["--steps", "8", "--lr", "1e-2", "--batch", "4"]),
     ("thinker-s1", ["--steps", "6", "--lr", "1e-2", "--batch", "4"]),
     ("thinker-s2", ["--steps", "10", "--lr", "1e-2", "--batch", "4"]),
@@ -26,8 +27,8 @@ PLAN = [
     ("talker-mtp", ["--steps", "10", "--lr", "1e-2", "--batch", "64"]),
     ("talker-fixed-mtp", ["--steps", "10", "--lr", "1e-2", "--batch", "64"]),
 ]
-FALLS = {"codec", "thinker-text", "thinker-aut", "thinker-s2", "talker-general", "talker-fixed", "talker-dpo",
-         "talker-mtp", "talker-fixed-mtp"}
+FALLS = {"codec", "thinker-text", "thinker-drill", "thinker-aut", "thinker-s2", "talker-general", "talker-fixed",
+         "talker-dpo", "talker-mtp", "talker-fixed-mtp"}
 
 
 def run(argv):

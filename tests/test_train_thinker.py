@@ -13,7 +13,9 @@ from omnistream.train.aut_stage import AutStage, ctc_greedy, ctc_loss, heard_cli
 from omnistream.data import text as templates
 from omnistream.eval.metrics import numbers_in
 from omnistream.train.thinker_data import (
+    DRILL_MIX,
     IGNORE,
+    DrillDataset,
     ExampleBuilder,
     ThinkerDataset,
     collate,
@@ -187,6 +189,16 @@ def test_spelled_alignment_is_a_ctc_path_of_the_ids_that_fills_the_slots():
     assert spelled_alignment([1, 2, 3], 2, 0, rng) is None
 
 
+def _key(item):
+    """The held-out key of a generated question."""
+    m = item["meta"]
+    if item["task"] == "arithmetic":
+        return f"arith:{m['a']}{m['op']}{m['b']}"
+    if m["kind"] != "repeat":
+        return f"{m['kind']}:{m['n']}"
+    return f"repeat:{next(j for j, row in enumerate(templates._REPEAT_WORDS) if m['word'] in row)}:{m['n']}"
+
+
 def test_text_kind_spells_spoken_items_and_adds_generated_items_from_training_keys(dataset, tiny):
     _, items, tok = dataset
     builder, _, _ = tiny
@@ -222,11 +234,7 @@ def test_text_kind_spells_spoken_items_and_adds_generated_items_from_training_ke
     assert [(q["task"], q["language"]) for q in made] == [
         (t, lang) for t in ("transcribe", "arithmetic", "counting") for lang in templates.LANGUAGES]
     for q in [q for q in made if q["task"] != "transcribe"]:  # never a held-out question
-        m = q["meta"]
-        key = (f"arith:{m['a']}{m['op']}{m['b']}" if q["task"] == "arithmetic" else
-               f"{m['kind']}:{m['n']}" if m["kind"] != "repeat" else
-               f"repeat:{next(j for j, row in enumerate(templates._REPEAT_WORDS) if m['word'] in row)}:{m['n']}")
-        assert not templates.held_out(key), key
+        assert not templates.held_out(_key(q)), _key(q)
     assert generated_items(9, 3) == made and generated_items(9, 4) != made
     assert all(spoken_text(it) in corpus_texts(items) for it in items if spoken_text(it))
     chat = ThinkerDataset(items, builder, "chat", generated=6, seed=3)  # S2: spoken items and text items side by side
@@ -291,6 +299,40 @@ def test_batches_are_deterministic_and_ranks_add_up_to_the_global_batch(dataset)
 
 
 # --- stages --------------------------------------------------------------------------------------------------
+
+def test_the_drill_draws_endless_training_questions_in_its_mix(dataset, tiny):
+    _, _, tok = dataset
+    builder, _, _ = tiny
+    drill = DrillDataset(builder, seed=1, cache=8)
+    items = [drill.item(i) for i in range(600)]
+    assert items[:20] == [DrillDataset(builder, seed=1).item(i) for i in range(20)]  # a function of (seed, index)
+    assert items[:20] != [DrillDataset(builder, seed=2).item(i) for i in range(20)]
+    for task, share in DRILL_MIX:
+        assert abs(sum(it["task"] == task for it in items) / len(items) - share) < 0.07, task
+    assert {it["language"] for it in items} == set(templates.LANGUAGES)
+    for it in items:  # never a held-out sentence or question
+        assert not templates.held_out(it["meta"]["sentence"] if it["task"] == "transcribe" else _key(it))
+    for i in range(12):  # more than the cache holds: examples are rebuilt the same
+        e = drill.example(i)
+        target = tok.decode(e.labels[e.labels != IGNORE].tolist(), skip_special_tokens=False)
+        assert target == items[i]["reply"] + IM_END
+        assert drill.target_count(i) == e.targets and e.audio_features is None and e.pixel_values is None
+    assert len(drill._cache) <= 8
+
+
+def test_the_drill_stage_trains_the_lm_alone_on_consecutive_items(dataset, tmp_path):
+    root, _, _ = dataset
+    stage = ThinkerStage("drill", root / "data", root / "tok", size="tiny", batch_size=8, seed=0)
+    assert stage.indices(0) == list(range(8)) and stage.indices(3) == list(range(24, 32))
+    before = stage.module().state_dict()
+    history = train(stage, tmp_path, TrainConfig(steps=12, lr=1e-2, warmup=2, log_every=1, save_every=12,
+                                                 progress=False))
+    after = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("lm."))
+    assert sum(not torch.equal(before[k], after[k]) for k in before if k.startswith("lm.")) > 10
+    ce = history.losses["ce"]
+    assert sum(ce[-3:]) < 0.8 * sum(ce[:3]), ce
+
 
 @pytest.fixture(scope="module")
 def chain(dataset):

@@ -2,7 +2,7 @@
 
 Order (each stage starts from the checkpoint the one before it left in WORK; the codec and the Thinker stages do
 not depend on each other):
-  tokenizer -> thinker-text -> thinker-aut -> thinker-s1 -> thinker-s2 -> thinker-s3 -> codec
+  tokenizer -> thinker-text -> thinker-drill -> thinker-aut -> thinker-s1 -> thinker-s2 -> thinker-s3 -> codec
   -> talker-general -> talker-long -> talker-dpo -> talker-speaker -> talker-mtp -> export
   (talker-fixed, then talker-fixed-mtp: the fixed-rate twin, same budget, for the ARIA ablation)
 WORK/<stage>/ holds checkpoint.pt, loss.png and history.json; WORK/tokenizer the tokenizer; WORK/codec/export the
@@ -26,18 +26,19 @@ from ..data import read_items
 from ..voice import load_audio_tokenizer
 from .loop import TrainConfig, TrainError, train
 
-STAGES = ("tokenizer", "codec", "thinker-text", "thinker-aut", "thinker-s1", "thinker-s2", "thinker-s3",
-          "talker-general", "talker-fixed", "talker-long", "talker-dpo", "talker-speaker", "talker-mtp",
+STAGES = ("tokenizer", "codec", "thinker-text", "thinker-drill", "thinker-aut", "thinker-s1", "thinker-s2",
+          "thinker-s3", "talker-general", "talker-fixed", "talker-long", "talker-dpo", "talker-speaker", "talker-mtp",
           "talker-fixed-mtp", "export")
-PREVIOUS = {"thinker-aut": "thinker-text", "thinker-s1": "thinker-aut", "thinker-s2": "thinker-s1",
-            "thinker-s3": "thinker-s2", "talker-long": "talker-general", "talker-dpo": "talker-long",
-            "talker-speaker": "talker-dpo", "talker-mtp": "talker-speaker", "talker-fixed-mtp": "talker-fixed"}
+PREVIOUS = {"thinker-drill": "thinker-text", "thinker-aut": "thinker-drill", "thinker-s1": "thinker-aut",
+            "thinker-s2": "thinker-s1", "thinker-s3": "thinker-s2", "talker-long": "talker-general",
+            "talker-dpo": "talker-long", "talker-speaker": "talker-dpo", "talker-mtp": "talker-speaker",
+            "talker-fixed-mtp": "talker-fixed"}
 # default (steps, lr, batch) per stage at the demo size; --steps / --lr / --batch override
-DEFAULTS = {"codec": (10000, 1e-3, 8), "thinker-text": (7000, 2e-3, 16), "thinker-aut": (3000, 2e-3, 32),
-            "thinker-s1": (400, 2e-3, 8), "thinker-s2": (3000, 1e-3, 8), "thinker-s3": (400, 5e-4, 4),
-            "talker-general": (3000, 1e-3, 8), "talker-fixed": (3000, 1e-3, 8), "talker-long": (300, 5e-4, 4),
-            "talker-dpo": (100, 1e-5, 4), "talker-speaker": (300, 5e-4, 8), "talker-mtp": (3000, 1e-3, 512),
-            "talker-fixed-mtp": (3000, 1e-3, 512)}
+DEFAULTS = {"codec": (10000, 1e-3, 8), "thinker-text": (7000, 2e-3, 16), "thinker-drill": (1400, 1e-3, 64),
+            "thinker-aut": (3000, 2e-3, 32), "thinker-s1": (400, 2e-3, 8), "thinker-s2": (3000, 1e-3, 8),
+            "thinker-s3": (400, 5e-4, 4), "talker-general": (3000, 1e-3, 8), "talker-fixed": (3000, 1e-3, 8),
+            "talker-long": (300, 5e-4, 4), "talker-dpo": (100, 1e-5, 4), "talker-speaker": (300, 5e-4, 8),
+            "talker-mtp": (3000, 1e-3, 512), "talker-fixed-mtp": (3000, 1e-3, 512)}
 # the spoken questions shipped with the demo model: language -> draw of the held-out arithmetic generator
 BUNDLED = {"en": 2, "zh": 5, "es": 1}
 

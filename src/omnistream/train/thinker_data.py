@@ -37,6 +37,7 @@ Example kinds (`ThinkerDataset(kind=...)`):
   - odd indices, "dialogue": a multi-turn chat of 2-4 items (any media: several images, videos and audios in one
     context), every assistant reply trained on. Longer videos come only this way: the dataset's videos are 4-8 s
     and are not spliced.
+`DrillDataset`, the drill stage's: endless generated text items (DRILL_MIX), a function of (seed, index).
 `collate` makes a left-padded batch with attention_mask; the decoder masks padded keys and zeroes padded inputs of
 its DeltaNet layers, so each row trains as it would alone.
 """
@@ -64,6 +65,8 @@ from .tokenizer import special_ids
 IGNORE = -100
 MULTITASK = ("transcribe", "arithmetic", "counting", "image_qa", "video_caption", "video_segments")
 QUESTION_TASKS = ("arithmetic", "counting")
+# the drill stage's generated tasks and their shares: mostly arithmetic, the slowest skill, with counting and copying
+DRILL_MIX = (("arithmetic", 0.6), ("counting", 0.2), ("transcribe", 0.2))
 # The drawings are 96 x 96: kept at that size (no upscaling to the release's 56x56-pixel minimum per token), so a
 # 16-pixel patch, 2x2-merged encoder gives 3 x 3 tokens per image or temporal patch, one per cell of the scene grid.
 IMAGE_PIXELS = (32 * 32, 128 * 128)
@@ -137,24 +140,59 @@ def text_mirror(item: Mapping) -> dict:
     return {"role": "user", "content": content}
 
 
+def generated_item(task: str, lang: str, rng: random.Random, name: str) -> dict:
+    """A text-only item from the training keys, the text mirror of the spoken item it stands for: a written sentence
+    to transcribe (copy), or an arithmetic or counting question."""
+    if task == "transcribe":
+        key, said = templates.sentence(rng, "train", lang)
+        content = [{"type": "text", "text": said.text}, {"type": "text", "text": templates.transcribe_prompt(lang)}]
+        reply, meta = said.text, {"sentence": key}
+    else:
+        q = getattr(templates, task)(rng, "train", lang)
+        content = [{"type": "text", "text": q.question.text}]
+        reply, meta = q.answer, {**q.meta, "question": q.question.text}
+    return {"id": name, "task": task, "language": lang, "reply": reply,
+            "messages": [{"role": "user", "content": content}], "meta": meta}
+
+
 def generated_items(count: int, seed: int) -> list[dict]:
-    """`count` text-only items from the training keys: transcripts of a written sentence, arithmetic and counting
-    questions, in turn, languages in turn; each is the text mirror of the spoken item it stands for."""
+    """`count` generated items (`generated_item`): transcripts, arithmetic and counting questions in turn,
+    languages in turn."""
     makers = itertools.cycle(itertools.product(("transcribe",) + QUESTION_TASKS, templates.LANGUAGES))
-    out = []
-    for i, (task, lang) in zip(range(count), makers):
-        rng = random.Random(f"omnistream.thinker_data/generated/{seed}/{i}")
-        if task == "transcribe":
-            key, said = templates.sentence(rng, "train", lang)
-            content = [{"type": "text", "text": said.text}, {"type": "text", "text": templates.transcribe_prompt(lang)}]
-            reply, meta = said.text, {"sentence": key}
-        else:
-            q = getattr(templates, task)(rng, "train", lang)
-            content = [{"type": "text", "text": q.question.text}]
-            reply, meta = q.answer, {**q.meta, "question": q.question.text}
-        out.append({"id": f"generated-{i}", "task": task, "language": lang, "reply": reply,
-                    "messages": [{"role": "user", "content": content}], "meta": meta})
-    return out
+    return [generated_item(task, lang, random.Random(f"omnistream.thinker_data/generated/{seed}/{i}"),
+                           f"generated-{i}") for i, (task, lang) in zip(range(count), makers)]
+
+
+class DrillDataset:
+    """Endless generated text items for the drill stage: item i is a pure function of (seed, i), its task drawn from
+    DRILL_MIX and its language uniformly, so no item repeats the way a fixed set's epochs do."""
+
+    def __init__(self, builder: ExampleBuilder, seed: int = 0, cache: int = 1024):
+        self.builder, self.seed, self.size = builder, seed, cache
+        self._cache: dict[int, Example] = {}
+
+    def item(self, index: int) -> dict:
+        """The generated item of `index`."""
+        rng = random.Random(f"omnistream.thinker_data/drill/{self.seed}/{index}")
+        u, task = rng.random(), DRILL_MIX[-1][0]
+        for name, share in DRILL_MIX:
+            if u < share:
+                task = name
+                break
+            u -= share
+        return generated_item(task, rng.choice(templates.LANGUAGES), rng, f"drill-{index}")
+
+    def example(self, index: int) -> Example:
+        """Example `index` (the most recent `cache` are kept)."""
+        if index not in self._cache:
+            if len(self._cache) >= self.size:
+                self._cache.clear()
+            self._cache[index] = self.builder.item(self.item(index))
+        return self._cache[index]
+
+    def target_count(self, index: int) -> int:
+        """Target tokens of example `index`."""
+        return self.example(index).targets
 
 
 def _text_form(item: Mapping) -> str:

@@ -6,6 +6,10 @@ Stages (`ThinkerStage(kind, ...)`, each a `Stage` of the shared loop; `init` sta
   questions). The paper starts from a pretrained Qwen3.5 LLM; ours starts random, so it first learns to write the
   dataset's three languages, to copy and to answer from text, so that later stages only teach it to read the
   audio. Only the LM trains (the encoders are unused and frozen).
+- "drill": the LM alone again, on endless fresh generated questions (thinker_data.DrillDataset: 60% arithmetic, the
+  rest counting and copying), large batches of short items, the rate annealed: sums and differences over number words
+  are what the text stage leaves weakest (measured on held-out questions in text, en / zh / es: 15 / 25 / 10% after
+  the text stage, 45 / 70 / 12% after 1,400 drill steps of 64).
 - "s1", encoder alignment: the audio and vision encoders, their projections (AuT proj1/proj2, the vision merger and
   deepstack mergers) included, train on the multitask mix while the whole LM (embeddings and head too) stays
   frozen, so the encoders learn to speak the LM's language.
@@ -44,10 +48,10 @@ from ..thinker import Thinker
 from . import distributed as dist
 from .aut_stage import ctc_loss
 from .loop import TrainError
-from .thinker_data import IGNORE, MULTITASK, ExampleBuilder, ThinkerDataset, collate
+from .thinker_data import IGNORE, MULTITASK, DrillDataset, ExampleBuilder, ThinkerDataset, collate
 from .tokenizer import special_ids
 
-STAGES = ("text", "s1", "s2", "s3")
+STAGES = ("text", "drill", "s1", "s2", "s3")
 SIZES = ("tiny", "demo")
 # generated text items (thinker_data.generated_items) per stage and size: the text stage learns from them, S2 keeps
 # practising them beside the spoken items
@@ -165,10 +169,13 @@ class ThinkerStage:
         self.ctc_coef = ctc_coef if kind in ("s1", "s2") else 0.0
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         builder = ExampleBuilder(self.tokenizer, self.configs[1], self.configs[2])
-        examples = {"text": "text", "s1": "chat", "s2": "chat", "s3": "long"}[kind]
-        made = GENERATED.get(kind, {}).get(size, 0) if generated is None else generated
-        self.data = ThinkerDataset(read_items(data), builder, examples, tasks, seed, made)
-        self.n = len(self.data) if limit is None else max(1, min(limit, len(self.data)))
+        if kind == "drill":
+            self.data, self.n = DrillDataset(builder, seed), 0
+        else:
+            examples = {"text": "text", "s1": "chat", "s2": "chat", "s3": "long"}[kind]
+            made = GENERATED.get(kind, {}).get(size, 0) if generated is None else generated
+            self.data = ThinkerDataset(read_items(data), builder, examples, tasks, seed, made)
+            self.n = len(self.data) if limit is None else max(1, min(limit, len(self.data)))
         self._perms: dict[int, list[list[int]]] = {}
 
     # ---------------------------------------------------------------- Stage protocol
@@ -176,7 +183,7 @@ class ThinkerStage:
         thinker = initial_thinker(self.size, self.ids, self.init, self.seed)
         encoders = [thinker.audio_tower, thinker.visual]
         thinker.requires_grad_(self.kind in ("s2", "s3"))
-        if self.kind == "text":
+        if self.kind in ("text", "drill"):
             thinker.lm.requires_grad_(True)
         elif self.kind == "s1":
             for m in encoders:
@@ -204,7 +211,9 @@ class ThinkerStage:
         return [batches[k] for k in torch.randperm(len(batches), generator=g).tolist()]
 
     def indices(self, step: int) -> list[int]:
-        """Example indices of the global batch of `step`."""
+        """Example indices of the global batch of `step` (the drill's: the next batch_size of its endless items)."""
+        if self.kind == "drill":
+            return list(range(step * self.batch_size, (step + 1) * self.batch_size))
         if not self._perms:
             self._perms = {0: self._epoch(0)}
         per_epoch = len(next(iter(self._perms.values())))
