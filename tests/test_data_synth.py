@@ -166,8 +166,8 @@ def test_eval_speaks_only_with_held_out_voices(runs):
             expected = "train" if item["task"] == "read_aloud" else split
             assert split_of[item["voice"]] == expected, item["id"]
     # the crowd says only training clips (never a named voice's read-aloud), never with a held-out voice's timbre
-    assert crowd and all(it["split"] == "train" and it["task"] in ("transcribe", "arithmetic", "counting", "voice_clone")
-                         for it in crowd)
+    said = ("transcribe", "arithmetic", "counting", "voice_clone")
+    assert crowd and all(it["split"] == "train" and it["task"] in said for it in crowd)
     assert {it["voice"].split(":")[1] for it in crowd} <= set(CROWD_VARIANTS)
     assert not set(CROWD_VARIANTS) & {v.variant for v in ROSTER}
 

@@ -4,8 +4,9 @@ A voice is an espeak-ng language voice with a variant (`+m1`..`+m8`, `+f1`..`+f5
 speed (-s, words per minute). The roster has 16 voices in three languages; 12 are for training and 4 (one per
 language, two for English) are held out: the eval split speaks only with those, so evaluation hears voices the
 model never trained on. Beside the roster, a crowd of other espeak-ng timbres at random pitch and speed
-(`crowd_voice`) says half of the training split's input speech (see tasks.py). Mandarin uses `cmn-latn-pinyin`, which reads pinyin with tone numbers (plain `cmn`
-would read the tone digits aloud), so Mandarin speech input is always pinyin (see text.py).
+(`crowd_voice`) says half of the training split's input speech (see tasks.py). Mandarin uses `cmn-latn-pinyin`,
+which reads pinyin with tone numbers (plain `cmn` would read the tone digits aloud), so Mandarin speech input is
+always pinyin (see text.py).
 """
 
 from __future__ import annotations
