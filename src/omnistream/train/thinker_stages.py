@@ -9,7 +9,7 @@ Stages (`ThinkerStage(kind, ...)`, each a `Stage` of the shared loop; `init` sta
 - "drill": the LM alone again, on endless fresh generated questions (thinker_data.DrillDataset: 60% arithmetic, the
   rest counting and copying), large batches of short items, the rate annealed: sums and differences over number words
   are what the text stage leaves weakest (measured on held-out questions in text, en / zh / es: 10 / 25 / 10% after
-  the text stage, 45 / 70 / 12% after 1,400 drill steps of 64).
+  the text stage, 35 / 58 / 30% after the default 1,400 drill steps of 64, 58 min on one CPU core).
 - "s1", encoder alignment: the audio and vision encoders, their projections (AuT proj1/proj2, the vision merger and
   deepstack mergers) included, train on the multitask mix while the whole LM (embeddings and head too) stays
   frozen, so the encoders learn to speak the LM's language.
