@@ -20,21 +20,20 @@ from ..engine.talker_prompt import SpeechTokens
 from ..talker import Talker, TalkerConfig
 from ..thinker import Thinker
 from .talker_data import TalkerDataError, TalkerItem, aria_sequence, fixed_sequence
-from .talker_stages import mtp_loss, seeded_share
+from .talker_stages import mtp_loss, seeded_share, teacher_forced
 
 
 @torch.no_grad()
 def frame_table(talker: Talker, items: list[TalkerItem], thinker: Thinker, tokens: SpeechTokens,
-                fixed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                fixed: bool = False, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """Every frame of the items: the frozen Talker's teacher-forced hidden state that predicts its codebook 0
-    (N, H) and its codes (N, Q), on the CPU."""
+    (N, H) and its codes (N, Q), on the CPU; `chunk` items run as one padded batch."""
     build = fixed_sequence if fixed else aria_sequence
     hidden, codes = [], []
-    for item in items:
-        seq = build(thinker, talker, tokens, item)
-        _, h = talker(seq.embeds[None], seq.positions)  # (1, L, H)
-        hidden.append(h[0, seq.frame_at.to(h.device)].float().cpu())
-        codes.append(seq.codes.T.cpu())
+    for lo in range(0, len(items), chunk):
+        seqs = [build(thinker, talker, tokens, item) for item in items[lo:lo + chunk]]
+        hidden.append(teacher_forced(talker, seqs)[2].float().cpu())
+        codes += [s.codes.T.cpu() for s in seqs]
     return torch.cat(hidden), torch.cat(codes)
 
 

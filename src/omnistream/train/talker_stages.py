@@ -96,6 +96,17 @@ def padded_batch(seqs: list[TalkerSequence]) -> tuple[torch.Tensor, torch.Tensor
     return embeds, positions, None if bool(mask.all()) else mask
 
 
+def teacher_forced(talker: Talker, seqs: list[TalkerSequence]) -> tuple[torch.Tensor, list[int], torch.Tensor]:
+    """The sequences through the Talker as one left-padded batch: codebook-0 logits (B, L, V), each row's padding,
+    and the hidden states that predict every frame's codebook 0 (sum T, H), the items' frames in order."""
+    embeds, positions, mask = padded_batch(seqs)
+    logits, hidden = talker(embeds, positions, attention_mask=mask)  # (B, L, V), (B, L, H)
+    n = embeds.shape[1]
+    pads = [n - s.embeds.shape[0] for s in seqs]
+    at = [r * n + pad + s.frame_at.to(hidden.device) for r, (pad, s) in enumerate(zip(pads, seqs))]
+    return logits, pads, hidden.flatten(0, 1)[torch.cat(at)]
+
+
 def seeded_share(pool: list, batch_size: int, seed: int, step: int, rank: int, world: int) -> list:
     """Rank `rank`'s slice of a global batch of `batch_size` draws from `pool`, seeded by (seed, step)."""
     rng = random.Random(seed * 1_000_003 + step)
@@ -120,17 +131,12 @@ class TalkerLoss(nn.Module):
         talker = self.talker
         build = fixed_sequence if fixed else aria_sequence
         seqs = [build(thinker, talker, tokens, item) for item in items]
-        embeds, positions, mask = padded_batch(seqs)
-        logits, hidden = talker(embeds, positions, attention_mask=mask)  # (B, L, V), (B, L, H)
-        n, code0, at, weights = embeds.shape[1], [], [], []
-        for r, s in enumerate(seqs):
-            pad = n - s.embeds.shape[0]
-            code0.append(F.cross_entropy(logits[r, pad:].float(), s.targets.to(logits.device), ignore_index=IGNORE))
-            at.append(r * n + pad + s.frame_at.to(hidden.device))
-            weights.append(torch.full((len(s.frame_at),), 1 / (len(seqs) * len(s.frame_at)), device=hidden.device))
-        frames = hidden.flatten(0, 1)[torch.cat(at)]  # (sum T, H)
-        codes = torch.cat([s.codes.T for s in seqs]).to(hidden.device)  # (sum T, Q)
-        c0, m = torch.stack(code0).mean(), mtp_loss(talker, frames, codes, torch.cat(weights))
+        logits, pads, frames = teacher_forced(talker, seqs)  # frames: (sum T, H)
+        code0 = [F.cross_entropy(logits[r, pad:].float(), s.targets.to(logits.device), ignore_index=IGNORE)
+                 for r, (pad, s) in enumerate(zip(pads, seqs))]
+        weights = torch.cat([torch.full((len(s.frame_at),), 1 / (len(seqs) * len(s.frame_at))) for s in seqs])
+        codes = torch.cat([s.codes.T for s in seqs]).to(frames.device)  # (sum T, Q)
+        c0, m = torch.stack(code0).mean(), mtp_loss(talker, frames, codes, weights.to(frames.device))
         return {"loss": c0 + mtp_weight * m, "code0": c0, "mtp": m}
 
 

@@ -174,12 +174,7 @@ class DrillDataset:
     def item(self, index: int) -> dict:
         """The generated item of `index`."""
         rng = random.Random(f"omnistream.thinker_data/drill/{self.seed}/{index}")
-        u, task = rng.random(), DRILL_MIX[-1][0]
-        for name, share in DRILL_MIX:
-            if u < share:
-                task = name
-                break
-            u -= share
+        task = rng.choices([t for t, _ in DRILL_MIX], [share for _, share in DRILL_MIX])[0]
         return generated_item(task, rng.choice(templates.LANGUAGES), rng, f"drill-{index}")
 
     def example(self, index: int) -> Example:
