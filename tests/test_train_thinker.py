@@ -32,6 +32,7 @@ from omnistream.train.thinker_stages import (
     parameter_counts,
 )
 from omnistream.train.tokenizer import SPECIAL, TokenizerTrainingError, special_ids, train_tokenizer
+from omnistream.train.vision_grounding import MEDIA_TASKS, grounding_loss
 
 TEXTS = [
     "The cat has forty-six books.", "Seventeen plus twenty-five is forty-two.",
@@ -189,6 +190,66 @@ def test_spelled_alignment_is_a_ctc_path_of_the_ids_that_fills_the_slots():
     assert spelled_alignment([1, 2, 3], 2, 0, rng) is None
 
 
+def _shown(e):
+    """(N, 2) bool from the pixels: does merged vision token n show a shape in frame f of its temporal patch."""
+    pixels = e.pixel_values if e.pixel_values is not None else e.pixel_values_videos
+    patches = pixels.view(-1, 4, 3, 2, 16, 16)  # (N, 2x2 merged patches, C, frames, P, P); white is 1.0
+    return patches.amin(dim=(1, 2, 4, 5)) < 0.5
+
+
+def test_vision_cells_spell_what_each_merged_token_shows(dataset, tiny):
+    _, items, tok = dataset
+    builder, _, ids = tiny
+    assert builder.speller is not None
+    media = [it for it in items if it["task"] in MEDIA_TASKS]
+    assert {it["task"] for it in media} == set(MEDIA_TASKS)
+    for it in media:
+        e = builder.item(it)
+        slots = torch.isin(e.input_ids, builder.vision_tokens)
+        cells = e.cells[slots]  # (N, 4): [colour, kind] of each frame
+        assert (e.cells[~slots] == -1).all() and len(cells) == len(_shown(e))
+        shown = cells[:, [0, 2]] != ids["pad_token_id"]
+        assert torch.equal(shown, _shown(e)), it["id"]  # the decoded frames agree with the timeline
+        for n, row in enumerate(cells.tolist()):
+            cell = next((s for s in it["meta"]["shapes"] if s["row"] * 3 + s["col"] == n % 9), None)
+            for f in (0, 2):
+                if row[f] != ids["pad_token_id"]:
+                    assert tok.decode(row[f : f + 2]) == f" {cell['colour']} {cell['kind']}"
+    assert builder.item(next(it for it in items if it["task"] == "transcribe")).cells is None
+
+
+def test_spelled_media_put_mean_cell_embeddings_where_the_encoder_tokens_go(dataset, tiny):
+    _, items, _ = dataset
+    builder, model, ids = tiny
+    chat = ThinkerDataset(items, builder, "chat", generated=2, spelled_media=True)
+    media = [i for i, it in enumerate(chat.items) if it["task"] in MEDIA_TASKS]
+    assert chat.copies == media and len(chat) == len(chat.items) + len(media)
+    for k, i in enumerate(media):
+        real, copy = chat.example(i), chat.example(len(chat.items) + k)
+        assert chat.length_class(len(chat.items) + k) == "spelled/" + chat.items[i]["task"]
+        assert copy.pixel_values is None and copy.pixel_values_videos is None and chat.grounded_count(i + 0) > 0
+        assert chat.grounded_count(len(chat.items) + k) == 0
+        slots = copy.cells[:, 0] >= 0
+        assert chat.grounded_count(i) == int(slots.sum()) == 9 * int(
+            (real.image_grid_thw if real.image_grid_thw is not None else real.video_grid_thw)[0, 0])
+        table = model.lm.model.embed_tokens.weight
+        with torch.no_grad():
+            x, _ = model.embed(copy.input_ids[None], spelled=copy.cells[None])
+            assert torch.allclose(x[0, slots], table[copy.cells[slots]].mean(1))
+            assert torch.equal(x[0, ~slots], table[copy.input_ids[~slots]])
+            media_kw = _media(real)
+            with_cells, deep = model.embed(real.input_ids[None], **media_kw, spelled=real.cells[None])
+            without, _ = model.embed(real.input_ids[None], **media_kw)
+            assert torch.equal(with_cells, without)  # encoder tokens overwrite the spellings of real pixels
+            tokens = with_cells[0, slots]
+            exact = grounding_loss(table[copy.cells[slots]].mean(1), [0 * d[0, slots] for d in deep],
+                                   copy.cells[slots], table, 1.0)
+            assert float(exact) == 0.0 and float(grounding_loss(tokens, [d[0, slots] for d in deep],
+                                                                copy.cells[slots], table, 1.0)) > 0
+    with pytest.raises(ValueError, match="chat"):
+        ThinkerDataset(items, builder, "text", spelled_media=True)
+
+
 def _key(item):
     """The held-out key of a generated question."""
     m = item["meta"]
@@ -204,7 +265,8 @@ def test_text_kind_spells_spoken_items_and_adds_generated_items_from_training_ke
     builder, _, _ = tiny
     data = ThinkerDataset(items, builder, "text", generated=9, seed=3)
     assert len(data) == len(items) + 9
-    forms = {"transcribe": "spelled", "arithmetic": "spelled", "counting": "spelled", "read_aloud": "chat"}
+    forms = {"transcribe": "spelled", "arithmetic": "spelled", "counting": "spelled", "read_aloud": "chat",
+             **{task: "spelled" for task in MEDIA_TASKS}}
     audio_pad, blank = tok.token_to_id("<|audio_pad|>"), special_ids(tok)["pad_token_id"]
     for i in range(len(data)):
         it, (form, _) = data.items[i], data.plan(i)
@@ -222,7 +284,12 @@ def test_text_kind_spells_spoken_items_and_adds_generated_items_from_training_ke
             assert it["meta"]["question"] in prompt and said and said[-1] == it["meta"]["result"]
         else:
             assert form == forms.get(it["task"], "text"), it["task"]
-            if form == "spelled":  # the audio's slots hold what it says, CTC-aligned; the rest of the turn kept
+            if form == "spelled" and it["task"] in MEDIA_TASKS:  # vision slots: blanks, spelled by their cells
+                full = builder.item(it)
+                slots = torch.isin(full.input_ids, builder.vision_tokens)
+                assert (e.input_ids[slots] == blank).all() and torch.equal(e.input_ids[~slots], full.input_ids[~slots])
+                assert torch.equal(e.cells, full.cells) and (e.cells[slots] >= 0).all()
+            elif form == "spelled":  # the audio's slots hold what it says, CTC-aligned; the rest of the turn kept
                 full = builder.item(it)
                 slots = full.input_ids == audio_pad
                 assert torch.equal(e.input_ids[~slots], full.input_ids[~slots]) and not (e.input_ids == audio_pad).any()
@@ -280,8 +347,9 @@ def test_batches_are_deterministic_and_ranks_add_up_to_the_global_batch(dataset)
     stage = ThinkerStage("s2", root / "data", root / "tok", size="tiny", batch_size=4, seed=3, generated=0)
     again = ThinkerStage("s2", root / "data", root / "tok", size="tiny", batch_size=4, seed=3, generated=0)
     assert [stage.indices(s) for s in range(5)] == [again.indices(s) for s in range(5)]
-    walk = [i for s in range(3) for i in stage.indices(s)]  # 12 positions over 12 chat items: one epoch
-    assert sorted(walk) == list(range(len(stage.data)))
+    assert len(stage.data) == 12 + 6  # the chat items and a spelled copy of each image and video item
+    walk = [i for s in range(len(stage._epoch(0))) for i in stage.indices(s)]  # one epoch: 4 batches of 4
+    assert len(set(walk)) == len(walk) == 16
     model = stage.module()
     whole = stage.batch(1, 0, 1)
     halves = [stage.batch(1, r, 2) for r in range(2)]
@@ -289,9 +357,14 @@ def test_batches_are_deterministic_and_ranks_add_up_to_the_global_batch(dataset)
     split = [row[m == 1].tolist() for b in halves for row, m in zip(b["input_ids"], b["attention_mask"])]
     assert unpadded == split
     with torch.no_grad():
-        ce = stage.loss(model, whole)["ce"]
-        ranks = [stage.loss(model, b)["ce"] for b in halves]
-    assert torch.allclose(ce, sum(ranks) / 2, atol=1e-5)  # what dist.mean logs, and the averaged gradient
+        grounded = 0
+        for step in range(4):  # batches with and without audio and vision (the additive terms)
+            whole = stage.loss(model, stage.batch(step, 0, 1))
+            ranks = [stage.loss(model, stage.batch(step, r, 2)) for r in range(2)]
+            for term in ("ce", "ctc", "ground"):  # what dist.mean logs, and the averaged gradient
+                assert torch.allclose(whole[term], sum(r[term] for r in ranks) / 2, atol=1e-5), (step, term)
+            grounded += bool(whole["ground"] > 0)
+    assert grounded
     with pytest.raises(TrainError, match="not a multiple of the 3 ranks"):
         stage.batch(0, 0, 3)
     with pytest.raises(TrainError, match="unknown thinker stage"):
@@ -311,12 +384,14 @@ def test_the_drill_draws_endless_training_questions_in_its_mix(dataset, tiny):
         assert abs(sum(it["task"] == task for it in items) / len(items) - share) < 0.07, task
     assert {it["language"] for it in items} == set(templates.LANGUAGES)
     for it in items:  # never a held-out sentence or question
-        assert not templates.held_out(it["meta"]["sentence"] if it["task"] == "transcribe" else _key(it))
+        if it["task"] != "image_qa":  # scenes are drawn afresh, with no held-out keys
+            assert not templates.held_out(it["meta"]["sentence"] if it["task"] == "transcribe" else _key(it))
     for i in range(12):  # more than the cache holds: examples are rebuilt the same
         e = drill.example(i)
         target = tok.decode(e.labels[e.labels != IGNORE].tolist(), skip_special_tokens=False)
         assert target == items[i]["reply"] + IM_END
         assert drill.target_count(i) == e.targets and e.audio_features is None and e.pixel_values is None
+        assert (e.cells is not None) == (items[i]["task"] == "image_qa")  # a scene: its vision slots spelled
     assert len(drill._cache) <= 8
 
 
@@ -350,19 +425,21 @@ def chain(dataset):
     return runs
 
 
-@pytest.mark.parametrize("kind,factor", [("text", 0.5), ("s1", 0.99), ("s2", 0.5), ("s3", 0.5)])
+@pytest.mark.parametrize("kind,factor", [("text", 0.5), ("s1", 0.7), ("s2", 0.5), ("s3", 0.5)])
 def test_each_stage_lowers_its_loss(chain, kind, factor):
     history, _ = chain[kind]
     ce, aux = history.losses["ce"], history.losses["aux"]
     assert len(ce) == 20 and all(torch.isfinite(torch.tensor(ce)))
-    first, last = sum(ce[:3]) / 3, sum(ce[-3:]) / 3
-    assert last < factor * first, (kind, ce)
+    falls = history.losses["loss"] if kind == "s1" else ce  # s1: vision grounding's first steps dominate
+    first, last = sum(falls[:3]) / 3, sum(falls[-3:]) / 3
+    assert last < factor * first, (kind, falls)
     assert all(0.5 < a < 4 for a in aux)  # top-2 of 4 experts: 2.0 when balanced
-    ctc = history.losses["ctc"]
-    if kind in ("s1", "s2"):  # the CTC term on spoken audio: present and, in s1, where only encoders learn, falling
-        assert all(c > 0 for c in ctc) and (kind != "s1" or sum(ctc[-3:]) < 0.9 * sum(ctc[:3])), ctc
-    else:
-        assert all(c == 0 for c in ctc)
+    for term in ("ctc", "ground"):  # spoken audio's CTC and vision grounding: in s1 and s2, falling in s1
+        values = history.losses[term]
+        if kind in ("s1", "s2"):
+            assert all(c > 0 for c in values) and (kind != "s1" or sum(values[-3:]) < 0.9 * sum(values[:3])), values
+        else:
+            assert all(c == 0 for c in values), (term, values)
 
 
 def test_s1_trains_only_the_encoders_and_text_only_the_lm(dataset, chain):

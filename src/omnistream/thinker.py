@@ -163,10 +163,15 @@ class Thinker(nn.Module):
     def embed(self, input_ids: torch.Tensor, audio_features: torch.Tensor | None = None,
               audio_lengths: torch.Tensor | list[int] | None = None, pixel_values: torch.Tensor | None = None,
               image_grid_thw: torch.Tensor | None = None, pixel_values_videos: torch.Tensor | None = None,
-              video_grid_thw: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-        """Embeddings (B, S, H) with encoder tokens at their placeholders, and the deepstack additions (or None)."""
+              video_grid_thw: torch.Tensor | None = None, spelled: torch.Tensor | None = None,
+              ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Embeddings (B, S, H) with encoder tokens at their placeholders, and the deepstack additions (or None);
+        `spelled` (B, S, K) ids (-1 rows: none) puts the mean embedding of a row's ids at its position (training)."""
         self.lm.check_input_ids(input_ids)
         x = self.lm.model.embed_tokens(input_ids)
+        if spelled is not None:
+            at = spelled[..., :1] >= 0  # (B, S, 1)
+            x = torch.where(at, self.lm.model.embed_tokens(spelled.clamp(min=0)).mean(-2), x)
         audio = self._slots(input_ids, self.audio_token_id, "audio", audio_features is not None, self.audio_tower)
         if audio_features is not None:
             x = self._place(x, audio, self.audio_tower(audio_features, audio_lengths), "audio")
@@ -186,11 +191,12 @@ class Thinker(nn.Module):
     def forward(self, input_ids: torch.Tensor, audio_features: torch.Tensor | None = None,
                 audio_lengths: torch.Tensor | list[int] | None = None, pixel_values: torch.Tensor | None = None,
                 image_grid_thw: torch.Tensor | None = None, pixel_values_videos: torch.Tensor | None = None,
-                video_grid_thw: torch.Tensor | None = None, **kwargs) -> tuple[torch.Tensor, DecoderOutput]:
+                video_grid_thw: torch.Tensor | None = None, spelled: torch.Tensor | None = None,
+                **kwargs) -> tuple[torch.Tensor, DecoderOutput]:
         """Logits and decoder output; kwargs (position_ids, attention_mask, cache, ...) go to ThinkerLM.forward."""
         cache = kwargs.get("cache")
         if cache is not None:
             self.lm.check_input_ids(input_ids, cache)
         embeds, deepstack = self.embed(input_ids, audio_features, audio_lengths, pixel_values, image_grid_thw,
-                                       pixel_values_videos, video_grid_thw)
+                                       pixel_values_videos, video_grid_thw, spelled)
         return self.lm(inputs_embeds=embeds, deepstack=deepstack, **kwargs)

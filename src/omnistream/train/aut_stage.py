@@ -50,12 +50,15 @@ MEL_MASKS, MEL_MASK_BINS = 2, 16  # SpecAugment frequency masks
 TIME_MASKS, TIME_MASK_FRAMES = 2, 20  # SpecAugment time masks
 
 
+def embedding_table(thinker: Thinker) -> torch.Tensor:
+    """The LM's input embeddings (V, H), detached and whole (gathered when FSDP2 shards them)."""
+    table = thinker.lm.model.embed_tokens.weight.detach()
+    return table.full_tensor() if hasattr(table, "full_tensor") else table
+
+
 def _target_table(thinker: Thinker) -> torch.Tensor:
     """The CTC classifier: the LM's input embeddings, unit length, fp32, detached (V, H): a fixed target space."""
-    table = thinker.lm.model.embed_tokens.weight.detach()
-    if hasattr(table, "full_tensor"):  # a sharded (FSDP2) table
-        table = table.full_tensor()
-    return F.normalize(table.float(), dim=-1)
+    return F.normalize(embedding_table(thinker).float(), dim=-1)
 
 
 def ctc_loss(thinker: Thinker, tokens: torch.Tensor, audio_lengths: list[int], spoken: list[list[int] | None],

@@ -18,6 +18,8 @@ Example kinds (`ThinkerDataset(kind=...)`):
     plain text mirrors only (the words as text in the user turn: 0% copy error) still read the AuT encoder's tokens
     at 75% WER after S1, although their own greedy CTC reading was right. A clip shorter than its words (fewer
     slots than tokens) falls back to the plain text mirror;
+  - a drawn image or video item (image_qa, video_caption, video_segments) is "spelled" too: its vision placeholders
+    hold the mean embeddings of what each merged token's cell shows (vision_grounding), no pixels;
   - an item whose user turn is text only (read-aloud, the generated items) trains as it is, a one-turn chat;
   - any other item: the reply alone, `<|im_start|>assistant\\n{reply}<|im_end|>` (loss on reply + <|im_end|>).
   `generated=N` adds N generated text items (transcripts, arithmetic and counting questions, languages in turn,
@@ -25,7 +27,7 @@ Example kinds (`ThinkerDataset(kind=...)`):
   number words need far more examples than the spoken items carry. The "chat" kind takes `generated` too, so that
   S2 keeps practising them in text beside the spoken items (batches never mix text-only and media items).
 - "chat": one item, one turn (the multitask mix: transcribe, arithmetic, counting, image_qa, video_caption,
-  video_segments by default).
+  video_segments by default); with `spelled_media` (S2) each image and video item also once spelled, batched apart.
 - "long" (stage S3), built deterministically from (seed, index) out of 2-4 items of the chat mix:
   - even indices, "recording": the spoken questions (arithmetic, counting) of 2-4 items of one language cut into
     one recording. Each question starts on a timestamp boundary (a multiple of `stamp_seconds` = 2 encoder chunks,
@@ -57,16 +59,19 @@ import torch
 
 from ..audio.io import load_audio
 from ..config import AudioConfig, VisionConfig
+from ..data import scenes
 from ..data import text as templates
 from ..processor import IM_END, IM_START, QWEN35_OMNI, Processor, Tokenizer
 from ..vision.video import timestamp_text
 from .tokenizer import special_ids
+from .vision_grounding import IDS_PER_TOKEN, MEDIA_TASKS, WORDS, CellSpeller
 
 IGNORE = -100
 MULTITASK = ("transcribe", "arithmetic", "counting", "image_qa", "video_caption", "video_segments")
 QUESTION_TASKS = ("arithmetic", "counting")
-# the drill stage's generated tasks and their shares: mostly arithmetic, the slowest skill, with counting and copying
-DRILL_MIX = (("arithmetic", 0.6), ("counting", 0.2), ("transcribe", 0.2))
+# the drill stage's generated tasks and their shares: mostly arithmetic, the slowest skill, with counting, copying and
+# questions about spelled scenes (reading vision slots)
+DRILL_MIX = (("arithmetic", 0.5), ("counting", 0.15), ("transcribe", 0.15), ("image_qa", 0.2))
 # The drawings are 96 x 96: kept at that size (no upscaling to the release's 56x56-pixel minimum per token), so a
 # 16-pixel patch, 2x2-merged encoder gives 3 x 3 tokens per image or temporal patch, one per cell of the scene grid.
 IMAGE_PIXELS = (32 * 32, 128 * 128)
@@ -95,6 +100,7 @@ class Example:
     video_grid_thw: torch.Tensor | None = None
     task: str = ""
     spoken: list[int] | None = None  # token ids of what the example's one audio says (the CTC target), if known
+    cells: torch.Tensor | None = None  # (S, 4) long: vision_grounding spellings at vision slots, -1 rows elsewhere
 
     @property
     def targets(self) -> int:
@@ -107,14 +113,14 @@ class Example:
 
 def corpus_texts(items: Sequence[Mapping]) -> list[str]:
     """The texts a tokenizer for these items is trained on: replies, prompt texts, what the audios say, the S3
-    recording prompts."""
+    recording prompts, and the scene words once (vision_grounding spells cells with them as single tokens)."""
     texts = [item["reply"] for item in items] + [t for t in map(spoken_text, items) if t]
     for item in items:
         for message in item["messages"]:
             content = message["content"]
             parts = [content] if isinstance(content, str) else [p.get("text") for p in content if p["type"] == "text"]
             texts += [p for p in parts if p]
-    return texts + list(RECORDING_PROMPTS.values())
+    return texts + list(RECORDING_PROMPTS.values()) + ["".join(WORDS.values())]
 
 
 def spoken_text(item: Mapping) -> str | None:
@@ -142,8 +148,14 @@ def text_mirror(item: Mapping) -> dict:
 
 def generated_item(task: str, lang: str, rng: random.Random, name: str) -> dict:
     """A text-only item from the training keys, the text mirror of the spoken item it stands for: a written sentence
-    to transcribe (copy), or an arithmetic or counting question."""
-    if task == "transcribe":
+    to transcribe (copy), or an arithmetic or counting question; or an image question about a scene drawn in memory
+    (the drill spells it)."""
+    if task == "image_qa":
+        shapes = scenes.random_shapes(rng, rng.randint(1, 3))
+        question, reply, meta = scenes.question(rng, shapes, lang)
+        content = [{"type": "image", "image": scenes.draw_scene(shapes)}, {"type": "text", "text": question}]
+        meta = {**meta, "shapes": scenes.shape_meta(shapes)}
+    elif task == "transcribe":
         key, said = templates.sentence(rng, "train", lang)
         content = [{"type": "text", "text": said.text}, {"type": "text", "text": templates.transcribe_prompt(lang)}]
         reply, meta = said.text, {"sentence": key}
@@ -182,7 +194,9 @@ class DrillDataset:
         if index not in self._cache:
             if len(self._cache) >= self.size:
                 self._cache.clear()
-            self._cache[index] = self.builder.item(self.item(index))
+            item = self.item(index)
+            self._cache[index] = (self.builder.spelled(item) if item["task"] in MEDIA_TASKS else
+                                  self.builder.item(item))
         return self._cache[index]
 
     def target_count(self, index: int) -> int:
@@ -196,7 +210,9 @@ def _text_form(item: Mapping) -> str:
     kinds = {p["type"] for p in item["messages"][0]["content"]}
     if kinds == {"text"}:
         return "chat"
-    return "spelled" if kinds & {"image", "video"} == set() and spoken_text(item) is not None else "text"
+    if kinds & {"image", "video"}:
+        return "spelled" if item["task"] in MEDIA_TASKS else "text"
+    return "spelled" if spoken_text(item) is not None else "text"
 
 
 def spelled_alignment(ids: Sequence[int], slots: int, blank: int, rng: random.Random) -> list[int] | None:
@@ -228,6 +244,12 @@ class ExampleBuilder:
         get = tokenizer.token_to_id
         self.im_start, self.im_end, self.assistant = get(IM_START), get(IM_END), get("assistant")
         self.audio_token, self.blank = self.processor.audio_pad_id, special_ids(tokenizer)["pad_token_id"]
+        pads = self.processor.pad_ids
+        self.vision_tokens = torch.tensor([-1 if pads[k] is None else pads[k] for k in ("image", "video")])
+        try:
+            self.speller = CellSpeller(tokenizer.encode, self.blank)
+        except ValueError:  # a tokenizer that splits the scene words (tiny test vocabularies): no grounding
+            self.speller = None
         self.opener = tokenizer.encode(f"{IM_START}assistant\n")
         if None in (self.im_start, self.im_end, self.assistant) or len(self.opener) != 3:
             raise ValueError("the tokenizer needs <|im_start|>, <|im_end|> and 'assistant' as single tokens "
@@ -248,8 +270,15 @@ class ExampleBuilder:
 
     def spelled(self, item: Mapping, seed: int = 0) -> Example:
         """The item's chat with its audio placeholders holding a CTC-like alignment of what the audio says (no
-        audio); its text mirror when the clip has fewer tokens than its words."""
+        audio); its text mirror when the clip has fewer tokens than its words. A drawn image or video: its vision
+        placeholders spelled (vision_grounding; the reply alone when the tokenizer cannot spell them)."""
         example = self.item(item)
+        if item["task"] in MEDIA_TASKS:
+            if example.cells is None:
+                return self.text(item["reply"], item["task"])
+            example.input_ids[torch.isin(example.input_ids, self.vision_tokens)] = self.blank
+            example.pixel_values = example.image_grid_thw = example.pixel_values_videos = example.video_grid_thw = None
+            return example
         slots = (example.input_ids == self.audio_token).nonzero().flatten()
         rng = random.Random(f"omnistream.thinker_data/spelled/{seed}/{item['id']}")
         path = spelled_alignment(self.tokenizer.encode(spoken_text(item)), len(slots), self.blank, rng)
@@ -265,6 +294,12 @@ class ExampleBuilder:
         said = spoken_text(item)
         if said is not None and len(example.audio_lengths) == 1:
             example.spoken = self.tokenizer.encode(said)
+        grid = example.image_grid_thw if example.image_grid_thw is not None else example.video_grid_thw
+        cells = None if self.speller is None or grid is None else self.speller.media_cells(item, grid)
+        slots = torch.isin(example.input_ids, self.vision_tokens)
+        if cells is not None and len(cells) == int(slots.sum()):
+            example.cells = torch.full((len(example), IDS_PER_TOKEN), -1, dtype=torch.long)
+            example.cells[slots] = cells
         return example
 
     def dialogue(self, items: Sequence[Mapping]) -> Example:
@@ -336,7 +371,7 @@ class ThinkerDataset:
     KINDS = ("text", "chat", "long")
 
     def __init__(self, items: Sequence[Mapping], builder: ExampleBuilder, kind: str, tasks: Sequence[str] = MULTITASK,
-                 seed: int = 0, generated: int = 0):
+                 seed: int = 0, generated: int = 0, spelled_media: bool = False):
         if kind not in self.KINDS:
             raise ValueError(f"unknown example kind {kind!r}; expected one of {', '.join(self.KINDS)}")
         if generated and kind == "long":
@@ -346,6 +381,10 @@ class ThinkerDataset:
         self.items = chosen + generated_items(generated, seed)
         if not self.items:
             raise ValueError(f"no items of the tasks {', '.join(tasks)}")
+        # "chat" with spelled_media: each drawn image or video item once more, spelled (after the items)
+        self.copies = [i for i, it in enumerate(self.items) if it["task"] in MEDIA_TASKS] if spelled_media else []
+        if self.copies and kind != "chat":
+            raise ValueError("spelled media copies belong to the \"chat\" kind")
         self._cache: dict[int, Example] = {}
         self._targets: dict[int, int] = {}
         self._spoken: dict[int, int] = {}  # example index -> tokens of its CTC target
@@ -356,11 +395,13 @@ class ThinkerDataset:
                 self._questions.setdefault(it["language"], []).append(i)
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.items) + len(self.copies)
 
     def plan(self, index: int) -> tuple[str, list[int]]:
         """What example `index` is made of: "text" / "spelled" / "chat" / "recording" / "dialogue" and its item
         indices."""
+        if index >= len(self.items):
+            return "spelled", [self.copies[index - len(self.items)]]
         if self.kind == "text":
             return _text_form(self.items[index]), [index]
         if self.kind == "chat":
@@ -379,6 +420,8 @@ class ThinkerDataset:
         if kind not in ("text", "spelled", "chat"):
             return kind
         item = self.items[idx[0]]
+        if self.kind == "chat" and kind == "spelled":
+            return f"spelled/{item['task']}"
         return f"text/{item['task']}" if _text_form(item) == "chat" else item["task"]
 
     def example(self, index: int) -> Example:
@@ -397,10 +440,16 @@ class ThinkerDataset:
     def spoken_count(self, index: int) -> int:
         """Tokens of the CTC target of example `index` (0 when it has none), without building the example."""
         if index not in self._spoken:
-            item = self.items[index]
-            said = spoken_text(item) if self.kind == "chat" and _text_form(item) != "chat" else None
+            kind, idx = self.plan(index)
+            item = self.items[idx[0]]
+            said = spoken_text(item) if kind == "chat" and _text_form(item) != "chat" else None
             self._spoken[index] = 0 if said is None else len(self.builder.tokenizer.encode(said))
         return self._spoken[index]
+
+    def grounded_count(self, index: int) -> int:
+        """Vision tokens of example `index` that vision_grounding regresses (real pixels with known cells)."""
+        e = self.example(index)
+        return 0 if e.cells is None else int(torch.isin(e.input_ids, self.builder.vision_tokens).sum())
 
     def target_count(self, index: int) -> int:
         """Target tokens of example `index`."""
@@ -440,6 +489,11 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict:
         out["audio_features"] = torch.cat([torch.nn.functional.pad(f, (0, t - f.shape[-1])) for f in feats])
         out["audio_lengths"] = [n for e in examples for n in e.audio_lengths]
         out["spoken"] = [e.spoken for e in examples for _ in e.audio_lengths]
+    if any(e.cells is not None for e in examples):
+        out["cells"] = torch.full((b, s, IDS_PER_TOKEN), -1, dtype=torch.long)
+        for r, e in enumerate(examples):
+            if e.cells is not None:
+                out["cells"][r, s - len(e) :] = e.cells
     for key, grid in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
         have = [e for e in examples if getattr(e, key) is not None]
         if have:

@@ -14,7 +14,8 @@ Stages (`ThinkerStage(kind, ...)`, each a `Stage` of the shared loop; `init` sta
   deepstack mergers) included, train on the multitask mix while the whole LM (embeddings and head too) stays
   frozen, so the encoders learn to speak the LM's language.
 - "s2", general multitask: everything trains on the one-turn multitask mix (transcribe, arithmetic, counting,
-  image_qa, video_caption, video_segments) and GENERATED text items, so the LM keeps what it learnt in text.
+  image_qa, video_caption, video_segments), a spelled copy of each image and video item (vision_grounding) and
+  GENERATED text items, so the LM keeps what it learnt in text.
 - "s3", long context: everything trains on thinker_data "long" examples (several questions in one recording with
   timestamps; multi-turn chats of 2-4 items).
 
@@ -24,8 +25,10 @@ split; plus `router_aux_loss_coef` x the MoE load-balancing loss when the router
 frozen); plus, in s1 and s2, `ctc_coef` x the AuT pretraining's CTC loss (aut_stage.ctc_loss: the audio encoder's
 tokens against the token ids of what the audio says, classified by the LM's own embedding table) on transcripts
 and spoken questions, normalised the same way: a direct signal to the encoder that the next-token loss alone gives
-only through the whole LM (measured: ASR was still at 80-90% WER after 2400 S2 steps without it).
-Logged: "loss", "ce" (the token mean), "aux" (the balancing loss itself) and "ctc" (per target token).
+only through the whole LM (measured: ASR was still at 80-90% WER after 2400 S2 steps without it); plus, in s1 and
+s2, `ground_coef` x vision_grounding's loss (the merged vision tokens of drawn scenes regressed onto the spelled
+embeddings of their cells, per grounded token, normalised the same way).
+Logged: "loss", "ce" (the token mean), "aux" (the balancing loss itself), "ctc" (per target token) and "ground".
 
 Batches: each epoch, a shuffle seeded by (seed, epoch) is cut into global batches of B within each length class
 (the task, or the long example's kind: little padding, and every rank of a batch sees the same media), leftovers
@@ -46,10 +49,11 @@ from ..data import read_items
 from ..processor import Tokenizer
 from ..thinker import Thinker
 from . import distributed as dist
-from .aut_stage import ctc_loss
+from .aut_stage import ctc_loss, embedding_table
 from .loop import TrainError
 from .thinker_data import IGNORE, MULTITASK, DrillDataset, ExampleBuilder, ThinkerDataset, collate
 from .tokenizer import special_ids
+from .vision_grounding import grounding_loss
 
 STAGES = ("text", "drill", "s1", "s2", "s3")
 SIZES = ("tiny", "demo")
@@ -155,7 +159,7 @@ class ThinkerStage:
     def __init__(self, kind: str, data_dir: str | Path, tokenizer_dir: str | Path, size: str = "demo",
                  init: str | Path | None = None, *, batch_size: int = 8, seed: int = 0, split: str = "train",
                  tasks: tuple[str, ...] = MULTITASK, limit: int | None = None, aux_coef: float | None = None,
-                 ctc_coef: float = 1.0, generated: int | None = None,
+                 ctc_coef: float = 1.0, ground_coef: float = 1.0, generated: int | None = None,
                  device: str | torch.device | None = None):
         if kind not in STAGES:
             raise TrainError(f"unknown thinker stage {kind!r}; expected one of {', '.join(STAGES)}")
@@ -167,6 +171,7 @@ class ThinkerStage:
         self.configs = demo_thinker_configs(self.ids["vocab_size"], size)
         self.aux_coef = self.configs[0].router_aux_loss_coef if aux_coef is None else aux_coef
         self.ctc_coef = ctc_coef if kind in ("s1", "s2") else 0.0
+        self.ground_coef = ground_coef if kind in ("s1", "s2") else 0.0
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         builder = ExampleBuilder(self.tokenizer, self.configs[1], self.configs[2])
         if kind == "drill":
@@ -174,7 +179,7 @@ class ThinkerStage:
         else:
             examples = {"text": "text", "s1": "chat", "s2": "chat", "s3": "long"}[kind]
             made = GENERATED.get(kind, {}).get(size, 0) if generated is None else generated
-            self.data = ThinkerDataset(read_items(data), builder, examples, tasks, seed, made)
+            self.data = ThinkerDataset(read_items(data), builder, examples, tasks, seed, made, spelled_media=kind == "s2")
             self.n = len(self.data) if limit is None else max(1, min(limit, len(self.data)))
         self._perms: dict[int, list[list[int]]] = {}
 
@@ -232,19 +237,24 @@ class ThinkerStage:
         out["norm"] = sum(self.data.target_count(i) for i in chosen) / world
         if self.ctc_coef:
             out["ctc_norm"] = max(1, sum(self.data.spoken_count(i) for i in chosen)) / world
+        if self.ground_coef:
+            out["ground_norm"] = max(1, sum(self.data.grounded_count(i) for i in chosen)) / world
         return out
 
     def loss(self, module: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         device = next(module.parameters()).device
         move = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         media = {k: move[k] for k in MEDIA_KEYS if k in move}
-        heard = []
-        hook = module.audio_tower.register_forward_hook(lambda m, args, tokens: heard.append(tokens))
+        heard, seen = [], []
+        hooks = [module.audio_tower.register_forward_hook(lambda m, args, tokens: heard.append(tokens)),
+                 module.visual.register_forward_hook(lambda m, args, tokens: seen.append(tokens))]
         try:
-            logits, out = module(move["input_ids"], **media, position_ids=move["position_ids"],
-                                 attention_mask=move["attention_mask"], output_router_logits=True)
+            logits, out = module(move["input_ids"], **media, spelled=move.get("cells"),
+                                 position_ids=move["position_ids"], attention_mask=move["attention_mask"],
+                                 output_router_logits=True)
         finally:
-            hook.remove()
+            for hook in hooks:
+                hook.remove()
         labels = move["labels"][:, 1:]
         chosen = labels != IGNORE
         ce = F.cross_entropy(logits[:, :-1][chosen].float(), labels[chosen], reduction="sum") / batch["norm"]
@@ -253,8 +263,23 @@ class ThinkerStage:
         loss = ce + self.aux_coef * aux if self.kind != "s1" else ce
         ctc = (ctc_loss(module, heard[0], batch["audio_lengths"], batch["spoken"], batch["ctc_norm"],
                         self.ids["pad_token_id"]) if heard and self.ctc_coef else ce.new_zeros(()))
-        loss = loss + self.ctc_coef * ctc
-        return {"loss": loss, "ce": ce.detach(), "aux": aux.detach(), "ctc": ctc.detach()}
+        ground = self._grounding(module, move, seen, batch) if seen and self.ground_coef else ce.new_zeros(())
+        loss = loss + self.ctc_coef * ctc + self.ground_coef * ground
+        return {"loss": loss, "ce": ce.detach(), "aux": aux.detach(), "ctc": ctc.detach(), "ground": ground.detach()}
+
+    def _grounding(self, module: Thinker, move: dict, seen: list, batch: dict) -> torch.Tensor:
+        """vision_grounding's loss over the vision tokens (images', then videos', as the encoder ran) whose cells are
+        known; zero (with a graph) when none are."""
+        tokens = torch.cat([t for t, _ in seen])  # (n, H)
+        deepstack = [torch.cat(parts) for parts in zip(*[extra for _, extra in seen])]
+        if "cells" not in move:
+            return tokens.sum() * 0.0
+        ids = move["input_ids"]
+        cells = torch.cat([move["cells"][ids == tid] for tid, key in ((module.image_token_id, "pixel_values"),
+                           (module.video_token_id, "pixel_values_videos")) if key in move])  # (n, 4)
+        known = cells[:, 0] >= 0
+        return grounding_loss(tokens[known], [d[known] for d in deepstack], cells[known], embedding_table(module),
+                              batch["ground_norm"])
 
     def items(self, batch: dict) -> int:
         return len(batch["tasks"])
