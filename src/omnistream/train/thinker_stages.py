@@ -179,7 +179,8 @@ class ThinkerStage:
         else:
             examples = {"text": "text", "s1": "chat", "s2": "chat", "s3": "long"}[kind]
             made = GENERATED.get(kind, {}).get(size, 0) if generated is None else generated
-            self.data = ThinkerDataset(read_items(data), builder, examples, tasks, seed, made, spelled_media=kind == "s2")
+            self.data = ThinkerDataset(read_items(data), builder, examples, tasks, seed, made,
+                                       spelled_media=kind == "s2")
             self.n = len(self.data) if limit is None else max(1, min(limit, len(self.data)))
         self._perms: dict[int, list[list[int]]] = {}
 
