@@ -371,6 +371,28 @@ def test_batches_are_deterministic_and_ranks_add_up_to_the_global_batch(dataset)
         ThinkerStage("s4", root / "data", root / "tok")
 
 
+def test_s2_practises_fresh_generated_items_every_epoch(dataset):
+    root, _, tok = dataset
+    make = lambda **kw: ThinkerStage("s2", root / "data", root / "tok", size="tiny", batch_size=4, seed=3,
+                                     generated=6, **kw)
+    stage, data = make(), make().data
+    assert data.fresh == 6 and len(data) == 12 + 6  # the chat items and spelled copies; no fixed generated items
+    first, second = data.fresh_indices(0), data.fresh_indices(1)
+    assert first == list(range(18, 24)) and second == list(range(24, 30))
+    for i in first + second:  # the drill's generator, never a repeat across epochs
+        item, e = data.drill.item(i - len(data)), data.example(i)
+        assert tok.decode(e.labels[e.labels != IGNORE].tolist(), skip_special_tokens=False) == item["reply"] + IM_END
+        assert data.length_class(i) == ("spelled/" if item["task"] == "image_qa" else "text/") + item["task"]
+        assert data.target_count(i) == e.targets and data.spoken_count(i) == data.grounded_count(i) == 0
+    assert len({data.drill.item(i - len(data))["reply"] for i in first + second}) > 8
+    steps = sum(stage._epoch_size(e) for e in range(3))
+    walk = [stage.indices(s) for s in range(steps)]
+    assert walk == [make().indices(s) for s in range(steps)]  # a function of (seed, step)
+    seen = {i for b in walk for i in b}
+    assert seen & set(first) and seen & set(second) and seen & set(data.fresh_indices(2))
+    assert make(limit=6).data.fresh == 0  # a fixed subset stays fixed
+
+
 # --- stages --------------------------------------------------------------------------------------------------
 
 def test_the_drill_draws_endless_training_questions_in_its_mix(dataset, tiny):

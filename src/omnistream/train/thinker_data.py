@@ -371,7 +371,7 @@ class ThinkerDataset:
     KINDS = ("text", "chat", "long")
 
     def __init__(self, items: Sequence[Mapping], builder: ExampleBuilder, kind: str, tasks: Sequence[str] = MULTITASK,
-                 seed: int = 0, generated: int = 0, spelled_media: bool = False):
+                 seed: int = 0, generated: int = 0, spelled_media: bool = False, fresh: int = 0):
         if kind not in self.KINDS:
             raise ValueError(f"unknown example kind {kind!r}; expected one of {', '.join(self.KINDS)}")
         if generated and kind == "long":
@@ -383,8 +383,10 @@ class ThinkerDataset:
             raise ValueError(f"no items of the tasks {', '.join(tasks)}")
         # "chat" with spelled_media: each drawn image or video item once more, spelled (after the items)
         self.copies = [i for i, it in enumerate(self.items) if it["task"] in MEDIA_TASKS] if spelled_media else []
-        if self.copies and kind != "chat":
-            raise ValueError("spelled media copies belong to the \"chat\" kind")
+        if (self.copies or fresh) and kind != "chat":
+            raise ValueError("spelled media copies and fresh items belong to the \"chat\" kind")
+        # `fresh` items an epoch from the drill's endless generator, indices len(self) + epoch * fresh + j
+        self.fresh, self.drill = fresh, DrillDataset(builder, seed)
         self._cache: dict[int, Example] = {}
         self._targets: dict[int, int] = {}
         self._spoken: dict[int, int] = {}  # example index -> tokens of its CTC target
@@ -396,6 +398,15 @@ class ThinkerDataset:
 
     def __len__(self) -> int:
         return len(self.items) + len(self.copies)
+
+    def fresh_indices(self, epoch: int) -> list[int]:
+        """The indices of epoch `epoch`'s fresh generated items (none unless `fresh`)."""
+        start = len(self) + epoch * self.fresh
+        return list(range(start, start + self.fresh))
+
+    def _drawn(self, index: int) -> dict | None:
+        """The drill item behind a fresh index, else None."""
+        return self.drill.item(index - len(self)) if index >= len(self) else None
 
     def plan(self, index: int) -> tuple[str, list[int]]:
         """What example `index` is made of: "text" / "spelled" / "chat" / "recording" / "dialogue" and its item
@@ -416,6 +427,8 @@ class ThinkerDataset:
     def length_class(self, index: int) -> str:
         """A key that examples of similar length and the same media share (the task, "text/" + the task for a
         text-only item, or the long example's kind), for batching."""
+        if (drawn := self._drawn(index)) is not None:
+            return ("spelled/" if drawn["task"] in MEDIA_TASKS else "text/") + drawn["task"]
         kind, idx = self.plan(index)
         if kind not in ("text", "spelled", "chat"):
             return kind
@@ -426,6 +439,8 @@ class ThinkerDataset:
 
     def example(self, index: int) -> Example:
         """Example `index` (cached after the first call)."""
+        if index >= len(self):
+            return self.drill.example(index - len(self))
         if index not in self._cache:
             kind, idx = self.plan(index)
             items = [self.items[i] for i in idx]
@@ -439,6 +454,8 @@ class ThinkerDataset:
 
     def spoken_count(self, index: int) -> int:
         """Tokens of the CTC target of example `index` (0 when it has none), without building the example."""
+        if index >= len(self):
+            return 0
         if index not in self._spoken:
             kind, idx = self.plan(index)
             item = self.items[idx[0]]
@@ -453,6 +470,8 @@ class ThinkerDataset:
 
     def target_count(self, index: int) -> int:
         """Target tokens of example `index`."""
+        if index >= len(self):
+            return self.drill.target_count(index - len(self))
         if index not in self._targets:
             kind, idx = self.plan(index)
             items = [self.items[i] for i in idx]
