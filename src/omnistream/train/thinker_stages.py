@@ -6,10 +6,11 @@ Stages (`ThinkerStage(kind, ...)`, each a `Stage` of the shared loop; `init` sta
   questions). The paper starts from a pretrained Qwen3.5 LLM; ours starts random, so it first learns to write the
   dataset's three languages, to copy and to answer from text, so that later stages only teach it to read the
   audio. Only the LM trains (the encoders are unused and frozen).
-- "drill": the LM alone again, on endless fresh generated questions (thinker_data.DrillDataset: 60% arithmetic, the
-  rest counting and copying), large batches of short items, the rate annealed: sums and differences over number words
-  are what the text stage leaves weakest (measured on held-out questions in text, en / zh / es: 10 / 25 / 10% after
-  the text stage, 35 / 58 / 30% after the default 1,400 drill steps of 64, 58 min on one CPU core).
+- "drill": the LM alone again, on endless fresh generated items (thinker_data.DrillDataset, DRILL_MIX: arithmetic
+  50%, counting and copying 15% each, questions about spelled scenes 20%), large batches of short items, the rate
+  annealed: sums and differences over number words are what the text stage leaves weakest (measured on held-out
+  questions in text, en / zh / es: 10 / 25 / 10% after the text stage, 35 / 58 / 30% after 1,400 drill steps of 64
+  without scenes, 58 min on one CPU core; 50 / 70 / 35% after 1,000 more with them, annealed to 1e-5, 30 min).
 - "s1", encoder alignment: the audio and vision encoders, their projections (AuT proj1/proj2, the vision merger and
   deepstack mergers) included, train on the multitask mix while the whole LM (embeddings and head too) stays
   frozen, so the encoders learn to speak the LM's language.
