@@ -24,10 +24,11 @@ Example kinds (`ThinkerDataset(kind=...)`):
   - any other item: the reply alone, `<|im_start|>assistant\\n{reply}<|im_end|>` (loss on reply + <|im_end|>).
   `generated=N` adds N generated text items (transcripts, arithmetic and counting questions, languages in turn,
   drawn from the training keys only, so held-out sentences and questions stay unseen): copying and arithmetic over
-  number words need far more examples than the spoken items carry. The "chat" kind takes `generated` too, so that
-  S2 keeps practising them in text beside the spoken items (batches never mix text-only and media items).
+  number words need far more examples than the spoken items carry. The "chat" kind takes `generated` too.
 - "chat": one item, one turn (the multitask mix: transcribe, arithmetic, counting, image_qa, video_caption,
-  video_segments by default); with `spelled_media` (S2) each image and video item also once spelled, batched apart.
+  video_segments by default); S2 adds `spelled_media` (each image and video item also once spelled) and `fresh=N`
+  (N items each epoch from the drill's generator, so it keeps practising in text beside the spoken items); batches
+  never mix text-only, spelled and media items.
 - "long" (stage S3), built deterministically from (seed, index) out of 2-4 items of the chat mix:
   - even indices, "recording": the spoken questions (arithmetic, counting) of 2-4 items of one language cut into
     one recording. Each question starts on a timestamp boundary (a multiple of `stamp_seconds` = 2 encoder chunks,
@@ -176,8 +177,8 @@ def generated_items(count: int, seed: int) -> list[dict]:
 
 
 class DrillDataset:
-    """Endless generated text items for the drill stage: item i is a pure function of (seed, i), its task drawn from
-    DRILL_MIX and its language uniformly, so no item repeats the way a fixed set's epochs do."""
+    """Endless generated items for the drill stage (text, and spelled scenes): item i is a pure function of (seed, i),
+    its task drawn from DRILL_MIX and its language uniformly, so no item repeats the way a fixed set's epochs do."""
 
     def __init__(self, builder: ExampleBuilder, seed: int = 0, cache: int = 1024):
         self.builder, self.seed, self.size = builder, seed, cache
@@ -248,7 +249,7 @@ class ExampleBuilder:
         self.vision_tokens = torch.tensor([-1 if pads[k] is None else pads[k] for k in ("image", "video")])
         try:
             self.speller = CellSpeller(tokenizer.encode, self.blank)
-        except ValueError:  # a tokenizer that splits the scene words (tiny test vocabularies): no grounding
+        except ValueError:  # a tokenizer that splits the scene words: no grounding
             self.speller = None
         self.opener = tokenizer.encode(f"{IM_START}assistant\n")
         if None in (self.im_start, self.im_end, self.assistant) or len(self.opener) != 3:
