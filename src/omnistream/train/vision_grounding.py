@@ -16,7 +16,7 @@ its two frames: four ids per token, [colour, kind] or [pad, pad] per frame (`med
   to read what a cell shows before (and while) real pixels reach it.
 - `grounding_loss` (stages s1 and s2, `ground_coef`): the merged vision tokens of real images and videos regressed
   onto their spellings (the embedding table detached), and the deepstack additions, which a spelled input lacks,
-  onto zero; squared error relative to the spellings' mean square norm.
+  onto zero; squared error relative to the embedding table's mean square row norm.
 """
 
 from __future__ import annotations
