@@ -24,16 +24,20 @@ def _prepare(q, k, v, g, beta):
 
 
 def chunk_gated_delta_rule(q, k, v, g, beta, state=None, chunk_size: int = 64):
-    """q, k (B, S, Hk, dk), v (B, S, Hv, dv), g/beta (B, S, Hv) -> out (B, S, Hv, dv) in v.dtype, fp32 state."""
+    """q, k (B, S, Hk, dk), v (B, S, Hv, dv), g/beta (B, S, Hv) -> out (B, S, Hv, dv) in v.dtype, fp32 state.
+
+    The S positions are cut into the fewest chunks of at most `chunk_size`, all of one length (so a short training
+    sequence is one chunk, not a padded one); without an incoming state the first chunk skips the state terms."""
     dtype = v.dtype
     b, s = v.shape[:2]
     q, k, v, g, beta = _prepare(q, k, v, g, beta)
     h, dk, dv = v.shape[1], k.shape[-1], v.shape[-1]
-    pad = (-s) % chunk_size  # zero tail: k = v = beta = g = 0 leaves the state untouched
+    n = -(-s // chunk_size)
+    c = -(-s // n)
+    pad = n * c - s  # zero tail: k = v = beta = g = 0 leaves the state untouched
     if pad:
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
         g, beta = F.pad(g, (0, pad)), F.pad(beta, (0, pad))
-    n, c = (s + pad) // chunk_size, chunk_size
     q, k, v = (t.reshape(b, h, n, c, -1) for t in (q, k, v))  # (B, H, N, C, d)
     g, beta = g.reshape(b, h, n, c), beta.reshape(b, h, n, c)
 
@@ -44,19 +48,26 @@ def chunk_gated_delta_rule(q, k, v, g, beta, state=None, chunk_size: int = 64):
     # Intra-chunk delta rule as a unit-lower-triangular system (I + A) X = RHS, A = strictly lower (beta k k^T * decay)
     a = (kb @ k.transpose(-1, -2)) * decay
     u = torch.linalg.solve_triangular(a, v * beta.unsqueeze(-1), upper=False, unitriangular=True)
-    w = torch.linalg.solve_triangular(a, kb * cum.exp().unsqueeze(-1), upper=False, unitriangular=True)
+    first = 0 if state is not None else 1  # chunks before `first` start from a zero state: no state terms
+    w = torch.linalg.solve_triangular(a[:, :, first:], (kb * cum.exp().unsqueeze(-1))[:, :, first:], upper=False,
+                                      unitriangular=True)  # (B, H, N - first, C, dk)
     attn = (q @ k.transpose(-1, -2)) * decay  # (B, H, N, C, C) causal intra-chunk scores
     q_dec = q * cum.exp().unsqueeze(-1)
     k_dec = k * (cum[..., -1:] - cum).exp().unsqueeze(-1)
     chunk_decay = cum[..., -1].exp()[..., None, None]  # (B, H, N, 1, 1)
 
     st = v.new_zeros(b, h, dk, dv) if state is None else state.float()
-    out = torch.empty_like(v)
+    outs = []
     for i in range(n):
-        v_new = u[:, :, i] - w[:, :, i] @ st  # (B, H, C, dv)
-        out[:, :, i] = q_dec[:, :, i] @ st + attn[:, :, i] @ v_new
+        if i < first:
+            v_new = u[:, :, i]  # (B, H, C, dv)
+            outs.append(attn[:, :, i] @ v_new)
+            st = k_dec[:, :, i].transpose(-1, -2) @ v_new
+            continue
+        v_new = u[:, :, i] - w[:, :, i - first] @ st
+        outs.append(q_dec[:, :, i] @ st + attn[:, :, i] @ v_new)
         st = st * chunk_decay[:, :, i] + k_dec[:, :, i].transpose(-1, -2) @ v_new
-    out = out.reshape(b, h, n * c, dv)[:, :, :s].transpose(1, 2)  # (B, S, H, dv)
+    out = torch.stack(outs, dim=2).reshape(b, h, n * c, dv)[:, :, :s].transpose(1, 2)  # (B, S, H, dv)
     return out.to(dtype), st
 
 
