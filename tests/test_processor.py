@@ -148,3 +148,13 @@ def test_malformed_added_tokens_decoder_is_an_error(tok_dir, tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": {"x": {"content": "a"}}}))
     with pytest.raises(TokenizerError, match="malformed added_tokens_decoder"):
         Tokenizer(tmp_path)
+
+
+def test_split_reasoning_separates_a_think_block_from_the_answer():
+    from omnistream.processor import split_reasoning, think_block
+
+    assert split_reasoning(think_block("17+25=42") + "Seventeen plus twenty-five is forty-two.") == (
+        "17+25=42", "Seventeen plus twenty-five is forty-two.")
+    assert split_reasoning("  Just an answer. ") == ("", "Just an answer.")
+    assert split_reasoning("<think>\nstill thinking") == ("still thinking", "")
+    assert split_reasoning("<think>\n\n</think>\n\nHi.") == ("", "Hi.")

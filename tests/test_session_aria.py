@@ -124,3 +124,25 @@ def test_a_given_reply_is_spoken_instead_of_the_thinkers(models):
     assert s.codes.shape[1] > 0
     with pytest.raises(Exception, match="reply is empty"):
         list(s.speak(prompt(), reply=[]))
+
+
+def test_a_think_block_is_shown_but_not_spoken(models):
+    """With reasoning ids, the text streams the whole reply but the Talker hears only what follows </think>: the
+    same text units and the same speech as the answer given alone."""
+    thinker, talker, c2w = models
+    answer = [40, 41, 42, 43, 241]
+    thought = [50, 60, 61, 10, 51, 10, 10]  # <think> ... \n </think> \n \n
+    runs = []
+    for reply in (thought + answer, answer):
+        s = SpeechSession(thinker, talker, c2w, TOKENS, speaker="anna", thinker_eos_token_id=241,
+                          rate=PriorRate({}, 2.0), talker_max_new_tokens=100, reasoning=(50, 51, {10}))
+        events = list(s.speak(prompt(), reply=reply))
+        assert [e.token_id for e in events if isinstance(e, TextDelta)] == reply
+        runs.append(s)
+    with_thought, alone = runs
+    assert [u.value for u in with_thought.scheduler.stream if u.kind is Kind.TEXT] == answer
+    assert torch.equal(with_thought.codes, alone.codes)
+    s = SpeechSession(thinker, talker, c2w, TOKENS, speaker="anna", thinker_eos_token_id=241,
+                      rate=PriorRate({}, 2.0), talker_max_new_tokens=100, reasoning=(50, 51, {10}))
+    with pytest.raises(ValueError, match="empty reply"):
+        list(s.speak(prompt(), reply=[50, 60, 241]))

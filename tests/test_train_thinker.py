@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from omnistream.config import AudioConfig, VisionConfig
-from omnistream.processor import IM_END, Processor, Tokenizer
+from omnistream.processor import IM_END, Processor, Tokenizer, split_reasoning
 from omnistream.train import TrainConfig, TrainError, train
 from omnistream.train.aut_stage import AutStage, ctc_greedy, ctc_loss, heard_clips
 from omnistream.data import text as templates
@@ -20,9 +20,11 @@ from omnistream.train.thinker_data import (
     ThinkerDataset,
     collate,
     corpus_texts,
+    generated_item,
     generated_items,
     spelled_alignment,
     spoken_text,
+    trained_reply,
 )
 from omnistream.train.thinker_stages import (
     MEDIA_KEYS,
@@ -121,7 +123,7 @@ def test_every_task_becomes_an_example_the_thinker_runs_alone_and_left_padded(da
     assert sorted(e.task for e in examples) == sorted({it["task"] for it in items})
     for it, e in zip(items, examples):
         target = e.labels[e.labels != IGNORE].tolist()
-        assert tok.decode(target, skip_special_tokens=False) == it["reply"] + IM_END
+        assert tok.decode(target, skip_special_tokens=False) == trained_reply(it) + IM_END
         first = int((e.labels != IGNORE).nonzero()[0])
         assert (e.labels[first:] != IGNORE).all()  # the targets are the sequence's tail
         assert tok.decode(e.input_ids[first - 3 : first].tolist(), False) == "<|im_start|>assistant\n"
@@ -272,7 +274,7 @@ def test_text_kind_spells_spoken_items_and_adds_generated_items_from_training_ke
         it, (form, _) = data.items[i], data.plan(i)
         e = data.example(i)
         assert data.target_count(i) == e.targets
-        assert tok.decode(e.labels[e.labels != IGNORE].tolist(), skip_special_tokens=False) == it["reply"] + IM_END
+        assert tok.decode(e.labels[e.labels != IGNORE].tolist(), skip_special_tokens=False) == trained_reply(it) + IM_END
         assert e.audio_features is None and e.pixel_values is None and e.pixel_values_videos is None
         prompt = tok.decode(e.input_ids[e.labels == IGNORE].tolist())
         if i >= len(items) and it["task"] == "transcribe":  # a generated transcript: the sentence, copied
@@ -336,7 +338,7 @@ def test_long_examples_are_recordings_with_timestamps_and_multi_turn_dialogues(d
                 assert stamp in text.split("<|im_start|>assistant")[0]  # the audio carries that timestamp
             assert all(line.endswith(p["reply"]) for line, p in zip(lines, parts))
         else:
-            assert target == "".join(p["reply"] + IM_END for p in parts)
+            assert target == "".join(trained_reply(p) + IM_END for p in parts)
             assert text.count("<|im_start|>user") == len(parts)
         seen.add(kind)
     assert seen == {"recording", "dialogue"}
@@ -381,7 +383,7 @@ def test_s2_practises_fresh_generated_items_every_epoch(dataset):
     assert first == list(range(18, 24)) and second == list(range(24, 30))
     for i in first + second:  # the drill's generator, never a repeat across epochs
         item, e = data.drill.item(i - len(data)), data.example(i)
-        assert tok.decode(e.labels[e.labels != IGNORE].tolist(), skip_special_tokens=False) == item["reply"] + IM_END
+        assert tok.decode(e.labels[e.labels != IGNORE].tolist(), skip_special_tokens=False) == trained_reply(item) + IM_END
         assert data.length_class(i) == ("spelled/" if item["task"] == "image_qa" else "text/") + item["task"]
         assert data.target_count(i) == e.targets and data.spoken_count(i) == data.grounded_count(i) == 0
     assert len({data.drill.item(i - len(data))["reply"] for i in first + second}) > 8
@@ -411,10 +413,26 @@ def test_the_drill_draws_endless_training_questions_in_its_mix(dataset, tiny):
     for i in range(12):  # more than the cache holds: examples are rebuilt the same
         e = drill.example(i)
         target = tok.decode(e.labels[e.labels != IGNORE].tolist(), skip_special_tokens=False)
-        assert target == items[i]["reply"] + IM_END
+        assert target == trained_reply(items[i]) + IM_END
         assert drill.target_count(i) == e.targets and e.audio_features is None and e.pixel_values is None
         assert (e.cells is not None) == (items[i]["task"] == "image_qa")  # a scene: its vision slots spelled
     assert len(drill._cache) <= 8
+
+
+def test_arithmetic_replies_work_the_sum_in_digits_in_a_think_block_first(dataset, tiny):
+    _, _, tok = dataset
+    builder, _, _ = tiny
+    rng = random.Random(3)
+    for task in ("arithmetic", "counting"):
+        for lang in templates.LANGUAGES:
+            item = generated_item(task, lang, rng, "x")
+            e = builder.item(item)
+            target = tok.decode(e.labels[e.labels != IGNORE].tolist(), skip_special_tokens=True)
+            worked, answer = split_reasoning(target)
+            assert answer == item["reply"]
+            m = item["meta"]
+            assert worked == (f"{m['a']}{m['op']}{m['b']}={m['result']}" if task == "arithmetic" else "")
+            assert target.startswith("<think>\n") == (task == "arithmetic")
 
 
 def test_the_drill_stage_trains_the_lm_alone_on_consecutive_items(dataset, tmp_path):

@@ -13,7 +13,8 @@ import torch
 from .config import QWEN35, ConfigError
 from .engine import SamplingParams, stream
 from .audio.features import AudioError
-from .processor import QWEN3_OMNI, QWEN35_OMNI, Processor, StreamDecoder, Tokenizer, TokenizerError
+from .processor import (QWEN3_OMNI, QWEN35_OMNI, Processor, StreamDecoder, Tokenizer, TokenizerError,
+                        reasoning_token_ids)
 from .positions import PositionError
 from .thinker import InputError
 from .vision.preprocess import VisionInputError
@@ -334,7 +335,8 @@ def run_speak(args: argparse.Namespace, sampling: SamplingParams) -> None:
                                 thinker_eos_token_id=stops, thinker_max_new_tokens=args.max_new_tokens,
                                 talker_max_new_tokens=args.max_audio_frames + 1, thinker_sampling=sampling,
                                 seed=args.seed, language=args.language,
-                                max_frames_per_chunk=args.frames_per_chunk, **talker_sampling)
+                                max_frames_per_chunk=args.frames_per_chunk,
+                                reasoning=reasoning_token_ids(tokenizer), **talker_sampling)
     except ValueError as e:
         raise InputError(str(e)) from None
     decoder = StreamDecoder(tokenizer)

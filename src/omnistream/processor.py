@@ -241,6 +241,31 @@ def chat_template(messages: Sequence[Mapping], add_generation_prompt: bool = Tru
     return "".join(parts)
 
 
+def think_block(reasoning: str) -> str:
+    """The reply prefix that carries `reasoning`: `<think>\\n{reasoning}\\n</think>\\n\\n`, as Qwen3.5 writes it."""
+    return f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n\n"
+
+
+def split_reasoning(text: str) -> tuple[str, str]:
+    """A decoded reply -> (its reasoning, the answer after it), both stripped; a reply still inside an unclosed
+    think block is all reasoning, one without a block all answer."""
+    if THINK_CLOSE in text:
+        head, answer = text.split(THINK_CLOSE, 1)
+        return head.replace(THINK_OPEN, "", 1).strip(), answer.strip()
+    if text.lstrip().startswith(THINK_OPEN):
+        return text.lstrip()[len(THINK_OPEN):].strip(), ""
+    return "", text.strip()
+
+
+def reasoning_token_ids(tokenizer: "Tokenizer") -> tuple[int, int, frozenset[int]] | None:
+    """(<think> id, </think> id, ids of the line breaks that follow the block) of a tokenizer, or None when it has no
+    think tokens: what SpeechSession needs to keep a reply's reasoning out of its speech."""
+    ids = tokenizer.token_to_id(THINK_OPEN), tokenizer.token_to_id(THINK_CLOSE)
+    if None in ids:
+        return None
+    return ids[0], ids[1], frozenset(tokenizer.encode("\n") + tokenizer.encode("\n\n"))
+
+
 class StreamDecoder:
     """Turns token ids fed one at a time into new printable text, never splitting a UTF-8 character."""
 

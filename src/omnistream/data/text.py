@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from . import numbers
@@ -192,6 +192,14 @@ def arithmetic(rng: random.Random, split: str, lang: str) -> Question:
     if lang == "en":
         return _question(_same(f"what is {lhs}?"), _same(f"{lhs} is {say(result)}."), meta)
     return _question(_same(f"¿cuánto es {lhs}?"), _same(f"{lhs} es igual a {say(result)}."), meta)
+
+
+def reasoning(meta: Mapping) -> str | None:
+    """The worked step a question's reply thinks before answering, from its meta: an arithmetic question's sum in
+    digits ("17+25=42"), which the Thinker writes in its think block and then says in words; None for others."""
+    if meta.get("kind") != "arithmetic":
+        return None
+    return f"{meta['a']}{meta['op']}{meta['b']}={meta['result']}"
 
 
 def _counting_case(r: random.Random) -> tuple[str, tuple[str, int, int]]:

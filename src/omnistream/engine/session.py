@@ -16,6 +16,9 @@ Two interleavings (`TalkerConfig.interleave`):
   over the speech codes, the text-slot and speech-EOS, masked by the `AriaScheduler` guard; text-slot feeds the
   next reply token (the Thinker's EOS is the last), speech runs MTP + Code2Wav.
 
+A reply that opens with a think block (`reasoning` ids given: a Qwen3.5 thinking reply, or the demo model's worked
+sums) streams it as text, and the Talker starts at the first token after it: reasoning is shown, never spoken.
+
 Decoding is greedy unless sampling parameters are given (the reference's defaults: `SpeechSession.reference_
 sampling()`); the Talker's repetition penalty (1.05) covers the codes already generated and is applied before
 the special codec ids are masked out.
@@ -24,7 +27,7 @@ the special codec ids are masked out.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -91,6 +94,7 @@ class _ThinkerRun:
         lm = session.thinker.lm
         self.cache = lm.new_cache(1, input_ids.shape[1] + session.thinker_max_new_tokens)
         self.tokens: list[int] = []
+        self.skipped = 0  # tokens before `tokens` (a think block the Talker does not speak)
         self.done = False
         self.seen = torch.zeros(1, lm.config.vocab_size, dtype=torch.bool, device=lm.device)
         self.seen[0, input_ids[0]] = True
@@ -104,16 +108,22 @@ class _ThinkerRun:
 
     def _take(self, logits: torch.Tensor | None) -> None:
         s = self.s
+        made = self.skipped + len(self.tokens)
         if self.reply is not None:  # a given reply: its tokens in turn, no decoding
-            self.tokens.append(self.reply[len(self.tokens)])
-            self.done = len(self.tokens) == len(self.reply)
+            self.tokens.append(self.reply[made])
+            self.done = made + 1 == len(self.reply)
             return
         token = int(sample(logits, s.thinker_sampling, self.seen, s.generator)[0])
         self.seen[0, token] = True
         self.tokens.append(token)
-        self.done = token in s.thinker_eos or len(self.tokens) == s.thinker_max_new_tokens
+        self.done = token in s.thinker_eos or made + 1 == s.thinker_max_new_tokens
         if self.done:
             s.timings["thinker_total"] = time.perf_counter() - s._t0
+
+    def drop_reasoning(self) -> None:
+        """Keep only the last token as the reply's first: the ones before it were its think block."""
+        self.skipped += len(self.tokens) - 1
+        self.tokens = self.tokens[-1:]
 
     def step(self) -> int:
         """Decode the next token (after the last one), or take the given reply's next, and return it."""
@@ -142,8 +152,9 @@ class SpeechSession:
                  talker_max_new_tokens: int = 4096, thinker_sampling: SamplingParams | None = None,
                  talker_sampling: SamplingParams | None = None, mtp_sampling: SamplingParams | None = None,
                  seed: int | None = None, language: str | None = None, rate: RateEstimator | None = None,
-                 max_frames_per_chunk: int = 1):
+                 max_frames_per_chunk: int = 1, reasoning: tuple[int, int, Collection[int]] | None = None):
         self.thinker, self.talker, self.code2wav = thinker, talker, code2wav
+        self.reasoning = reasoning  # (<think>, </think>, line-break ids): a think block is shown, never spoken
         self.tokens = tokens or SpeechTokens()
         tc = talker.config
         if tc.num_code_groups != code2wav.config.num_quantizers:
@@ -283,6 +294,8 @@ class SpeechSession:
         self.state = _Live(run.cache)
         self.timings["thinker_first_token"] = time.perf_counter() - self._t0
         yield TextDelta(run.tokens[0])
+        if self.reasoning is not None and run.tokens[0] == self.reasoning[0]:
+            yield from self._think(run)
         aria = self.talker.config.interleave == "aria"
         if run.done and (not aria or run.tokens[0] in self.thinker_eos):
             raise ValueError("empty reply: the thinker produced no text for the talker to speak (1 token "
@@ -319,6 +332,15 @@ class SpeechSession:
             if tail.size:
                 empty = np.zeros((self.talker.config.num_code_groups, 0), dtype=np.int64)
                 yield AudioChunk(tail, empty, len(self._frames) - 1)
+
+    def _think(self, run: _ThinkerRun) -> Iterator[TextDelta]:
+        """Stream the reply's think block (and the line breaks after it) as text; the Talker starts after it."""
+        _, close, spacing = self.reasoning
+        while not run.done and run.tokens[-1] != close:
+            yield TextDelta(run.step())
+        while not run.done and (run.tokens[-1] == close or run.tokens[-1] in spacing):
+            yield TextDelta(run.step())
+        run.drop_reasoning()
 
     def _advance(self, run: _ThinkerRun, feed) -> Iterator[TextDelta]:
         """One Thinker step, its token handed to `feed` as it arrives."""

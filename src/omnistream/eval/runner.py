@@ -22,7 +22,7 @@ import torch
 from ..config import QWEN35, ConfigError
 from ..engine.generate import generate
 from ..engine.session import SpeechSession
-from ..processor import QWEN3_OMNI, QWEN35_OMNI, Processor, Tokenizer
+from ..processor import QWEN3_OMNI, QWEN35_OMNI, Processor, Tokenizer, split_reasoning
 from ..thinker import InputError
 from ..train.thinker_data import IMAGE_PIXELS, VIDEO_PIXELS
 from ..weights import load_omni
@@ -101,14 +101,16 @@ class ModelRunner:
     # ------------------------------------------------------------------ text
     @torch.no_grad()
     def text(self, item: dict) -> tuple[str, float]:
-        """The Thinker's greedy reply to the item (special tokens dropped) and the seconds it took."""
+        """The Thinker's greedy answer to the item (special tokens and any think block dropped) and the seconds it
+        took."""
         start = time.perf_counter()
         input_ids, media, _, positions = self._prompt(item)
         embeds, deepstack = self.thinker.embed(input_ids, **media)
         out = generate(self.thinker.lm, input_ids, max_new_tokens=self.max_new_tokens, stop_tokens=self.stops,
                        inputs_embeds=embeds, deepstack=deepstack, position_ids=positions)
         ids = out.tokens[0, :out.lengths[0]].tolist()
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip(), time.perf_counter() - start
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return split_reasoning(text)[1], time.perf_counter() - start
 
     # ------------------------------------------------------------------ speech
     def _voice(self, item: dict) -> str:
