@@ -75,3 +75,22 @@ def test_fsdp2_under_torchrun_follows_the_single_process_curve(tmp_path):
     assert max(abs(a - b) for a, b in zip(single, sharded)) < 1e-4
     ckpt = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 30 and set(ckpt["model"]) == set(ToyStage().module().state_dict())
+
+
+def test_a_checkpoint_resumes_under_another_number_of_ranks(tmp_path):
+    """Stopped alone at step 10, resumed under torchrun with 2 ranks, resumed alone again: the same curve as one
+    uninterrupted run (the optimizer state is saved keyed by parameter name, which both layouts load)."""
+    cfg = dict(steps=30, lr=1e-2, warmup=3, save_every=10, **QUIET)
+    single = train(ToyStage(), tmp_path / "one", TrainConfig(**cfg)).losses["loss"]
+    train(ToyStage(), tmp_path / "mixed", TrainConfig(**cfg), stop_at=10)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29519", str(Path(__file__).parent / "train_toy.py"),
+                          str(tmp_path / "mixed"), "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    mixed = json.loads((tmp_path / "mixed" / "losses.json").read_text())
+    assert len(mixed) == 30 and max(abs(a - b) for a, b in zip(single, mixed)) < 1e-4
+    ckpt = torch.load(tmp_path / "mixed" / "checkpoint.pt", weights_only=False)
+    assert all(isinstance(name, str) for name in ckpt["optimizer"]["state"])
+    again = train(ToyStage(), tmp_path / "mixed", TrainConfig(**cfg))  # alone again, from the 2-rank checkpoint
+    assert again.losses["loss"] == mixed

@@ -58,7 +58,7 @@ class ToyStage:
 if __name__ == "__main__":
     out = sys.argv[1]
     history = train(ToyStage(), out, TrainConfig(steps=30, lr=1e-2, warmup=3, log_every=1, save_every=10,
-                                                 progress=False), resume=False)
+                                                 progress=False), resume="--resume" in sys.argv)
     import omnistream.train.distributed as dist
 
     if dist.rank() == 0:

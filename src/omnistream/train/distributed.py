@@ -120,22 +120,50 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
     return total
 
 
+def _trainable_names(module: nn.Module) -> list[str]:
+    """Names of the parameters the optimiser holds, in its order (every trainable one, as train() builds it)."""
+    return [n for n, p in module.named_parameters() if p.requires_grad]
+
+
+def _by_name(module: nn.Module, opt_state: dict) -> dict:
+    """An optimizer state dict keyed by parameter index -> keyed by parameter name (unchanged if it already is)."""
+    groups = opt_state["param_groups"]
+    if all(isinstance(i, str) for g in groups for i in g["params"]):
+        return opt_state
+    names = _trainable_names(module)
+    return {"state": {names[i]: v for i, v in opt_state["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in groups]}
+
+
+def _by_index(module: nn.Module, opt_state: dict) -> dict:
+    """An optimizer state dict keyed by parameter name -> keyed by index, the layout torch.optim loads."""
+    groups = opt_state["param_groups"]
+    if all(isinstance(i, int) for g in groups for i in g["params"]):
+        return opt_state
+    index = {n: i for i, n in enumerate(_trainable_names(module))}
+    return {"state": {index[n]: v for n, v in opt_state["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in groups]}
+
+
 def full_state(module: nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """Unsharded model and optimizer state dicts on the CPU (gathered to every rank when sharded)."""
+    """Unsharded model and optimizer state dicts on the CPU (gathered to every rank when sharded); the optimizer's
+    keyed by parameter name either way, so a checkpoint resumes under any number of ranks."""
     if not td.is_initialized():
-        return module.state_dict(), opt.state_dict()
+        return module.state_dict(), _by_name(module, opt.state_dict())
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
     return get_state_dict(module, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def load_full_state(module: nn.Module, opt: torch.optim.Optimizer, model_state: dict, opt_state: dict) -> None:
-    """Load unsharded state dicts into a possibly sharded module and its optimizer."""
+    """Load unsharded state dicts into a possibly sharded module and its optimizer (optimizer state keyed by name,
+    or by index as older single-process checkpoints hold it)."""
     if not td.is_initialized():
         module.load_state_dict(model_state)
-        opt.load_state_dict(opt_state)
+        opt.load_state_dict(_by_index(module, opt_state))
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
+    opt_state = _by_name(module, opt_state)
     set_state_dict(module, opt, model_state_dict=model_state, optim_state_dict=opt_state,
                    options=StateDictOptions(full_state_dict=True))
