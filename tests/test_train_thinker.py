@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from omnistream.config import AudioConfig, VisionConfig
-from omnistream.processor import IM_END, Processor, Tokenizer, split_reasoning
+from omnistream.processor import IM_END, Processor, Tokenizer, reasoning_token_ids, split_reasoning
 from omnistream.train import TrainConfig, TrainError, train
 from omnistream.train.aut_stage import AutStage, ctc_greedy, ctc_loss, heard_clips
 from omnistream.data import text as templates
@@ -433,6 +433,10 @@ def test_arithmetic_replies_work_the_sum_in_digits_in_a_think_block_first(datase
             m = item["meta"]
             assert worked == (f"{m['a']}{m['op']}{m['b']}={m['result']}" if task == "arithmetic" else "")
             assert target.startswith("<think>\n") == (task == "arithmetic")
+    opened, closed, spacing = reasoning_token_ids(tok)
+    assert tok.decode([opened], skip_special_tokens=False) == "<think>"
+    assert tok.decode([closed], skip_special_tokens=False) == "</think>"
+    assert spacing and all(not tok.decode([t]).strip() for t in spacing)
 
 
 def test_the_drill_stage_trains_the_lm_alone_on_consecutive_items(dataset, tmp_path):

@@ -151,8 +151,8 @@ def text_mirror(item: Mapping) -> dict:
 def trained_reply(item: Mapping) -> str:
     """What the Thinker learns to write for an item: its reply, after a think block holding the worked step when its
     question has one (data.text.reasoning: "17+25=42"). Measured from scratch on arithmetic alone (batches of 64,
-    held-out questions asked in text, en / zh / es): 600 steps gave 12 / 30 / 18% without the block, 35 / 40 / 42%
-    with it; the words come out as the digits say, so the sum in digits is what is left to learn."""
+    held-out questions asked in text, en / zh / es): 1,200 steps gave 20 / 40 / 32% without the block, 60 / 65 / 58%
+    with it, its operands read right 98-100% and its digits said right 100% of the time."""
     worked = templates.reasoning(item.get("meta", {}))
     return item["reply"] if worked is None else think_block(worked) + item["reply"]
 
