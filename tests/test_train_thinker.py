@@ -431,7 +431,11 @@ def test_arithmetic_replies_work_the_sum_in_digits_in_a_think_block_first(datase
             worked, answer = split_reasoning(target)
             assert answer == item["reply"]
             m = item["meta"]
-            assert worked == (f"{m['a']}{m['op']}{m['b']}={m['result']}" if task == "arithmetic" else "")
+            if task == "arithmetic":
+                turned = f"={max(m['a'], m['b'])}*{min(m['a'], m['b'])}" if m["op"] == "*" else ""
+                assert worked == f"{m['a']}{m['op']}{m['b']}{turned}={m['result']}"
+            else:
+                assert worked == ""
             assert target.startswith("<think>\n") == (task == "arithmetic")
     opened, closed, spacing = reasoning_token_ids(tok)
     assert tok.decode([opened], skip_special_tokens=False) == "<think>"

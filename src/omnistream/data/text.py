@@ -195,11 +195,16 @@ def arithmetic(rng: random.Random, split: str, lang: str) -> Question:
 
 
 def reasoning(meta: Mapping) -> str | None:
-    """The worked step a question's reply thinks before answering, from its meta: an arithmetic question's sum in
-    digits ("17+25=42"), which the Thinker writes in its think block and then says in words; None for others."""
+    """The worked step a question's reply thinks before answering, from its meta: an arithmetic question in digits
+    with its result ("17+25=42"; a product also turned larger factor first, "4*6=6*4=24", so that a held-out pair is
+    the table entry its swapped twin taught), which the Thinker writes in its think block and then says in words;
+    None for other questions."""
     if meta.get("kind") != "arithmetic":
         return None
-    return f"{meta['a']}{meta['op']}{meta['b']}={meta['result']}"
+    a, op, b, result = meta["a"], meta["op"], meta["b"], meta["result"]
+    if op == "*":
+        return f"{a}*{b}={max(a, b)}*{min(a, b)}={result}"
+    return f"{a}{op}{b}={result}"
 
 
 def _counting_case(r: random.Random) -> tuple[str, tuple[str, int, int]]:
