@@ -146,3 +146,7 @@ def test_a_think_block_is_shown_but_not_spoken(models):
                       rate=PriorRate({}, 2.0), talker_max_new_tokens=100, reasoning=(50, 51, {10}))
     with pytest.raises(ValueError, match="empty reply"):
         list(s.speak(prompt(), reply=[50, 60, 241]))
+    s = SpeechSession(thinker, talker, c2w, TOKENS, speaker="anna", thinker_eos_token_id=241,
+                      rate=PriorRate({}, 2.0), talker_max_new_tokens=100, reasoning=(50, 51, {10}))
+    with pytest.raises(ValueError, match="ended inside its think block"):  # the budget ends in the block
+        list(s.speak(prompt(), reply=[50, 60, 61]))

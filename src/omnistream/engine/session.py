@@ -340,6 +340,9 @@ class SpeechSession:
             yield TextDelta(run.step())
         while not run.done and (run.tokens[-1] == close or run.tokens[-1] in spacing):
             yield TextDelta(run.step())
+        if run.done and (close not in run.tokens or run.tokens[-1] == close or run.tokens[-1] in spacing):
+            raise ValueError(f"empty reply: the thinker's reply ended inside its think block ({len(run.tokens)} "
+                             f"tokens, nothing after </think> to speak); raise max_new_tokens")
         run.drop_reasoning()
 
     def _advance(self, run: _ThinkerRun, feed) -> Iterator[TextDelta]:
