@@ -419,11 +419,11 @@ def test_the_drill_draws_endless_training_questions_in_its_mix(dataset, tiny):
     assert len(drill._cache) <= 8
 
 
-def test_arithmetic_replies_work_the_sum_in_digits_in_a_think_block_first(dataset, tiny):
+def test_arithmetic_and_counting_replies_work_in_digits_in_a_think_block_first(dataset, tiny):
     _, _, tok = dataset
     builder, _, _ = tiny
     rng = random.Random(3)
-    for task in ("arithmetic", "counting"):
+    for task in ("arithmetic", "counting", "counting", "counting"):
         for lang in templates.LANGUAGES:
             item = generated_item(task, lang, rng, "x")
             e = builder.item(item)
@@ -434,9 +434,11 @@ def test_arithmetic_replies_work_the_sum_in_digits_in_a_think_block_first(datase
             if task == "arithmetic":
                 turned = f"={max(m['a'], m['b'])}*{min(m['a'], m['b'])}" if m["op"] == "*" else ""
                 assert worked == f"{m['a']}{m['op']}{m['b']}{turned}={m['result']}"
+            elif m["kind"] in ("after", "before"):
+                assert worked == f"{m['n']}{'+' if m['kind'] == 'after' else '-'}1={m['result']}"
             else:
                 assert worked == ""
-            assert target.startswith("<think>\n") == (task == "arithmetic")
+            assert target.startswith("<think>\n") == bool(worked)
     opened, closed, spacing = reasoning_token_ids(tok)
     assert tok.decode([opened], skip_special_tokens=False) == "<think>"
     assert tok.decode([closed], skip_special_tokens=False) == "</think>"

@@ -197,9 +197,12 @@ def arithmetic(rng: random.Random, split: str, lang: str) -> Question:
 def reasoning(meta: Mapping) -> str | None:
     """The worked step a question's reply thinks before answering, from its meta: an arithmetic question in digits
     with its result ("17+25=42"; a product also turned larger factor first, "4*6=6*4=24", so that a held-out pair is
-    the table entry its swapped twin taught), which the Thinker writes in its think block and then says in words;
-    None for other questions."""
-    if meta.get("kind") != "arithmetic":
+    the table entry its swapped twin taught), the number after or before n as a sum or difference ("41+1=42"), which
+    the Thinker writes in its think block and then says in words; None for other questions."""
+    kind = meta.get("kind")
+    if kind in ("after", "before"):
+        return f"{meta['n']}{'+' if kind == 'after' else '-'}1={meta['result']}"
+    if kind != "arithmetic":
         return None
     a, op, b, result = meta["a"], meta["op"], meta["b"], meta["result"]
     if op == "*":
