@@ -151,9 +151,12 @@ def test_int16_bytes_tensors_and_float64_packets():
         ref = enc(features, [len(wave) // 160], window_frames=100)
     from_bytes = stream_all(AudioEncoderStream(enc), [pcm[i : i + 640] for i in range(0, len(pcm), 640)])  # 20 ms
     assert (from_bytes - ref).abs().max().item() < TOL
-    from_tensors = stream_all(AudioEncoderStream(enc), [torch.from_numpy(p) for p in split(wave, 500)])
-    from_float64 = stream_all(AudioEncoderStream(enc), [p.astype(np.float64) for p in split(wave, 500)])
+    packets = split(wave, 320)  # the same 20 ms boundaries, so only the packet type differs
+    from_tensors = stream_all(AudioEncoderStream(enc), [torch.from_numpy(p) for p in packets])
+    from_float64 = stream_all(AudioEncoderStream(enc), [p.astype(np.float64) for p in packets])
     assert torch.equal(from_tensors, from_bytes) and torch.equal(from_float64, from_bytes)
+    from_other_sizes = stream_all(AudioEncoderStream(enc), [torch.from_numpy(p) for p in split(wave, 500)])
+    assert (from_other_sizes - from_bytes).abs().max().item() < TOL
 
 
 def test_running_floor_equals_global_above_the_floor():
