@@ -6,6 +6,7 @@ Without torchrun (no WORLD_SIZE in the environment) every helper is the single-p
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import torch
 import torch.distributed as td
@@ -125,24 +126,24 @@ def _trainable_names(module: nn.Module) -> list[str]:
     return [n for n, p in module.named_parameters() if p.requires_grad]
 
 
-def _by_name(module: nn.Module, opt_state: dict) -> dict:
-    """An optimizer state dict keyed by parameter index -> keyed by parameter name (unchanged if it already is)."""
+def _rekeyed(opt_state: dict, key: Mapping, kind: type) -> dict:
+    """An optimizer state dict with each parameter key k replaced by key[k] (unchanged if its keys are already of
+    `kind`)."""
     groups = opt_state["param_groups"]
-    if all(isinstance(i, str) for g in groups for i in g["params"]):
+    if all(isinstance(i, kind) for g in groups for i in g["params"]):
         return opt_state
-    names = _trainable_names(module)
-    return {"state": {names[i]: v for i, v in opt_state["state"].items()},
-            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in groups]}
+    return {"state": {key[k]: v for k, v in opt_state["state"].items()},
+            "param_groups": [{**g, "params": [key[k] for k in g["params"]]} for g in groups]}
+
+
+def _by_name(module: nn.Module, opt_state: dict) -> dict:
+    """An optimizer state dict keyed by parameter index -> keyed by parameter name."""
+    return _rekeyed(opt_state, dict(enumerate(_trainable_names(module))), str)
 
 
 def _by_index(module: nn.Module, opt_state: dict) -> dict:
     """An optimizer state dict keyed by parameter name -> keyed by index, the layout torch.optim loads."""
-    groups = opt_state["param_groups"]
-    if all(isinstance(i, int) for g in groups for i in g["params"]):
-        return opt_state
-    index = {n: i for i, n in enumerate(_trainable_names(module))}
-    return {"state": {index[n]: v for n, v in opt_state["state"].items()},
-            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in groups]}
+    return _rekeyed(opt_state, {n: i for i, n in enumerate(_trainable_names(module))}, int)
 
 
 def full_state(module: nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
