@@ -43,9 +43,15 @@ def test_demo_explains_bad_input(demo_dir, tmp_path, capsys):
     cases = [(["--audio", str(tmp_path / "missing.wav")], "no such file"),
              (["--audio", str(text)], "notes.txt"),
              (["--audio", str(silent)], "has no speech"),
-             (["--checkpoint", str(tmp_path)], "no model at")]
+             (["--checkpoint", str(tmp_path)], "--checkpoint needs a directory with config.json")]
     for extra, message in cases:
         argv = ["demo", "--checkpoint", str(demo_dir), "--out", str(tmp_path / "never.wav")] + extra
         code, io = run(argv, capsys)
         assert code == 2 and message in io.err, io.err
         assert not (tmp_path / "never.wav").exists()
+
+
+def test_demo_without_the_demo_model_says_how_to_get_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "DEMO_CHECKPOINT", tmp_path / "checkpoints" / "demo")
+    code, io = run(["demo", "--checkpoint", str(tmp_path / "checkpoints" / "demo")], capsys)
+    assert code == 2 and "make demo-model" in io.err and "--checkpoint DIR" in io.err, io.err

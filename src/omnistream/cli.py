@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "stack: the answer streams as text, its speech goes to a wav, and the "
                                            "per-stage latency table is printed.")
     demo.add_argument("--checkpoint", default=str(DEMO_CHECKPOINT), metavar="DIR",
-                      help="the model (default: the shipped demo model, checkpoints/demo)")
+                      help="the model (default: checkpoints/demo, the demo model `make demo-model` trains)")
     demo.add_argument("--audio", action="append", default=[], metavar="FILE",
                       help="your spoken question (default: the demo's bundled question.wav); repeatable")
     demo.add_argument("--image", action="append", default=[], metavar="FILE", help="an image to ask about")
@@ -112,8 +112,10 @@ def run_demo(args: argparse.Namespace) -> None:
     """`omnistream demo`: the bundled (or given) question through the whole stack, spoken back."""
     directory = Path(args.checkpoint)
     if not (directory / "config.json").is_file():
-        raise InputError(f"no model at {directory}: the demo checkpoint is missing (checkpoints/demo ships with "
-                         f"the repository; `make demo-model` trains it again)")
+        if directory.resolve() == DEMO_CHECKPOINT.resolve():
+            raise InputError(f"no model at {directory}: the demo model has not shipped yet; `make demo-model` trains "
+                             f"it (hours on CPU), or give --checkpoint DIR")
+        raise InputError(f"no model at {directory}: --checkpoint needs a directory with config.json")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: CUDA is not available on this machine")
     if not (args.audio or args.image or args.video):
