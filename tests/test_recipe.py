@@ -5,6 +5,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from omnistream import cli
 from omnistream.data import synthesize
@@ -90,6 +91,35 @@ def test_a_stopped_stage_resumes_and_bad_requests_are_explained(recipe, capsys):
     capsys.readouterr()
     assert run(["train", "thinker-s1", "--data", str(work), "--work", str(work)]) == 2
     assert "train.jsonl" in capsys.readouterr().err
+
+
+def test_aut_beside_the_lm_stages_then_s1_joins_them(recipe, tmp_path, capsys):
+    data, work, common = recipe
+    shutil.copytree(work / "tokenizer", tmp_path / "tokenizer")
+    shutil.copytree(work / "thinker-drill", tmp_path / "thinker-drill")
+    mine = common[:2] + ["--work", str(tmp_path)] + common[4:]
+    text = ["train", "thinker-text"] + mine + ["--steps", "10", "--lr", "1e-2", "--batch", "4"]
+    assert run(text + ["--stop-at", "4"]) == 0
+    assert not (tmp_path / "thinker-text" / "summary.json").exists()  # stopped, not done
+    shutil.copy(tmp_path / "thinker-text" / "checkpoint.pt", tmp_path / "aut-init.pt")
+    assert run(text) == 0
+    ours = json.loads((tmp_path / "thinker-text" / "history.json").read_text())["losses"]["loss"]
+    straight = json.loads((work / "thinker-text" / "history.json").read_text())["losses"]["loss"]
+    assert ours == pytest.approx(straight, rel=1e-4)  # the stop left the schedule as it was
+    aut = ["train", "thinker-aut"] + mine + ["--steps", "4", "--lr", "1e-2", "--batch", "4"]
+    assert run(aut + ["--init", str(tmp_path / "aut-init.pt")]) == 0
+    assert run(["train", "thinker-s1"] + mine + ["--steps", "2", "--batch", "4"]) == 0
+    start = torch.load(tmp_path / "thinker-s1" / "init.pt", weights_only=True)
+    drill, heard = (torch.load(tmp_path / s / "checkpoint.pt", weights_only=False)["model"]
+                    for s in ("thinker-drill", "thinker-aut"))
+    assert start.keys() == drill.keys() and any(k.startswith("audio_tower.") for k in start)
+    for k, v in start.items():
+        assert torch.equal(v, (heard if k.startswith("audio_tower.") else drill)[k]), k
+    key = "lm.model.embed_tokens.weight"
+    assert not torch.equal(heard[key], drill[key])  # AuT's own LM (the stopped thinker-text's) is left behind
+    capsys.readouterr()
+    assert run(["train", "thinker-s2", "--init", "x.pt"] + mine) == 2 and "--init is for" in capsys.readouterr().err
+    assert run(text + ["--stop-at", "0"]) == 2 and "--stop-at 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("stage,extra,tol", [

@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", required=True, metavar="DIR", help="where every stage keeps its checkpoints")
     p.add_argument("--size", choices=("tiny", "demo"), default="demo")
     p.add_argument("--steps", type=int, metavar="N")
+    p.add_argument("--stop-at", type=int, metavar="N",
+                   help="end this run after step N with a checkpoint; the schedule stays that of --steps, and a run "
+                        "without it goes on from there")
+    p.add_argument("--init", metavar="FILE",
+                   help="thinker-aut: start from this Thinker checkpoint (e.g. a copy of thinker-text's, taken with "
+                        "--stop-at) instead of thinker-drill's, so that AuT can train beside the LM stages")
     p.add_argument("--lr", type=float)
     p.add_argument("--batch", type=int, metavar="B")
     p.add_argument("--seed", type=int, default=0)
@@ -175,12 +181,14 @@ def _stage(args: argparse.Namespace, work: Path, data: Path):
     if name == "thinker-aut":
         from .aut_stage import AutStage
 
-        return AutStage(data, work / "tokenizer", size, _checkpoint(work, PREVIOUS[name]), batch_size=batch,
-                        seed=args.seed)
+        init = Path(args.init) if args.init else _checkpoint(work, PREVIOUS[name])
+        return AutStage(data, work / "tokenizer", size, init, batch_size=batch, seed=args.seed)
     if name.startswith("thinker-"):
         from .thinker_stages import ThinkerStage
 
         init = _checkpoint(work, PREVIOUS[name]) if name in PREVIOUS else None
+        if name == "thinker-s1":
+            init = _heard_drill(work)
         return ThinkerStage(name.split("-", 1)[1], data, work / "tokenizer", size, init, batch_size=batch,
                             seed=args.seed, generated=args.generated)
     thinker, tok, tokens, config, raw, items = _talker_setup(work, data, size)
@@ -212,6 +220,17 @@ def _stage(args: argparse.Namespace, work: Path, data: Path):
 
     return TalkerStage(name.split("-", 1)[1], items, thinker, tokens, config, batch_size=batch, seed=args.seed,
                        init=init)
+
+
+def _heard_drill(work: Path) -> Path:
+    """S1's start: the drill's Thinker with thinker-aut's audio encoder (the only part AuT trains), written to
+    WORK/thinker-s1/init.pt; the same as thinker-aut's checkpoint when AuT started from the drill."""
+    state = _model_state(work, "thinker-drill")
+    state.update({k: v for k, v in _model_state(work, "thinker-aut").items() if k.startswith("audio_tower.")})
+    path = work / "thinker-s1" / "init.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
 
 
 def _tokenizer(work: Path, data: Path, vocab_size: int) -> None:
@@ -279,6 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not (data / "train.jsonl").is_file():
             raise TrainError(f"no {data / 'train.jsonl'}; write it with `omnistream data synth --out {data}`")
+        if args.init and args.stage != "thinker-aut":
+            start = PREVIOUS.get(args.stage, "scratch")
+            raise TrainError(f"--init is for thinker-aut; {args.stage} starts from {start}")
+        if args.stop_at is not None and args.stop_at < 1:
+            raise TrainError(f"--stop-at {args.stop_at}: give a step of 1 or more")
         work.mkdir(parents=True, exist_ok=True)
         done = work / args.stage / "summary.json"
         if args.stage == "tokenizer":
@@ -295,7 +319,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = TrainConfig(steps=steps, lr=args.lr or lr, warmup=min(50, steps // 10 + 1), seed=args.seed,
                               save_every=args.save_every, log_every=min(args.log_every, steps), progress=not args.quiet)
             stage = _stage(args, work, data)
-            history = train(stage, work / args.stage, cfg, resume=not args.fresh)
+            history = train(stage, work / args.stage, cfg, resume=not args.fresh, stop_at=args.stop_at)
+            if args.stop_at is not None and args.stop_at < steps:
+                print(f"{args.stage}: stopped at step {args.stop_at} of {steps} (--stop-at)", file=sys.stderr)
+                return 0
             if args.stage == "codec":
                 from .codec_stage import save_codec
 
