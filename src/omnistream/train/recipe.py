@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -186,9 +187,10 @@ def _stage(args: argparse.Namespace, work: Path, data: Path):
     if name.startswith("thinker-"):
         from .thinker_stages import ThinkerStage
 
-        init = _checkpoint(work, PREVIOUS[name]) if name in PREVIOUS else None
         if name == "thinker-s1":
             init = _heard_drill(work)
+        else:
+            init = _checkpoint(work, PREVIOUS[name]) if name in PREVIOUS else None
         return ThinkerStage(name.split("-", 1)[1], data, work / "tokenizer", size, init, batch_size=batch,
                             seed=args.seed, generated=args.generated)
     thinker, tok, tokens, config, raw, items = _talker_setup(work, data, size)
@@ -224,12 +226,15 @@ def _stage(args: argparse.Namespace, work: Path, data: Path):
 
 def _heard_drill(work: Path) -> Path:
     """S1's start: the drill's Thinker with thinker-aut's audio encoder (the only part AuT trains), written to
-    WORK/thinker-s1/init.pt; the same as thinker-aut's checkpoint when AuT started from the drill."""
+    WORK/thinker-s1/init.pt; the same as thinker-aut's checkpoint when AuT started from the drill. Written to a
+    private file and renamed, so that torchrun's processes never read one another's half-written copy."""
     state = _model_state(work, "thinker-drill")
     state.update({k: v for k, v in _model_state(work, "thinker-aut").items() if k.startswith("audio_tower.")})
     path = work / "thinker-s1" / "init.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
+    part = path.with_name(f"init.{os.getpid()}.part")
+    torch.save(state, part)
+    os.replace(part, path)
     return path
 
 
@@ -299,8 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (data / "train.jsonl").is_file():
             raise TrainError(f"no {data / 'train.jsonl'}; write it with `omnistream data synth --out {data}`")
         if args.init and args.stage != "thinker-aut":
-            start = PREVIOUS.get(args.stage, "scratch")
-            raise TrainError(f"--init is for thinker-aut; {args.stage} starts from {start}")
+            raise TrainError(f"--init is for thinker-aut, not {args.stage}")
         if args.stop_at is not None and args.stop_at < 1:
             raise TrainError(f"--stop-at {args.stop_at}: give a step of 1 or more")
         work.mkdir(parents=True, exist_ok=True)
