@@ -122,6 +122,40 @@ def test_aut_beside_the_lm_stages_then_s1_joins_them(recipe, tmp_path, capsys):
     assert run(text + ["--stop-at", "0"]) == 2 and "--stop-at 0" in capsys.readouterr().err
 
 
+def test_a_thinker_stage_is_evaluated_in_text(recipe, tmp_path, capsys):
+    from omnistream.eval.cli import main as eval_main
+    from omnistream.eval.runner import ModelRunner
+
+    data, work, _ = recipe
+    runner = ModelRunner.from_stage(work / "thinker-s3")
+    trained = torch.load(work / "thinker-s3" / "checkpoint.pt", weights_only=False)["model"]
+    assert runner.stage == "thinker-s3" and runner.thinker.state_dict().keys() == trained.keys()
+    exported = ModelRunner(work / "demo").thinker.state_dict()  # the shipped Thinker: the same one, in fp16
+    for k, v in runner.thinker.state_dict().items():
+        assert torch.equal(v, trained[k]) and torch.equal(exported[k], trained[k].half().float()), k
+    out = tmp_path / "report"
+    common = ["--data", str(data), "--split", "train", "--no-judge", "--max-new-tokens", "4"]
+    assert eval_main(["--stage", str(work / "thinker-s3"), "--out", str(out)] + common) == 0, capsys.readouterr()
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["counts"]) == {"transcribe", "arithmetic", "counting", "image_qa", "video_caption",
+                                      "video_segments"}
+    assert {"asr", "questions", "image_qa", "video"} <= results.keys() and "tts" not in results
+    assert "stage thinker-s3, text only" in results["meta"]["checkpoint"]
+    bare = tmp_path / "bare" / "thinker-s3"
+    shutil.copytree(work / "thinker-s3", bare)
+    cases = [(["--stage", str(work / "talker-general")], "takes a Thinker stage"),
+             (["--stage", str(work / "thinker-s3"), "--tasks", "read_aloud"], "cannot speak: read_aloud"),
+             (["--stage", str(work / "thinker-s3"), "--checkpoint", str(work / "demo")], "give one model"),
+             (["--stage", str(tmp_path / "nothing")], "no stage checkpoint"),
+             (["--stage", str(bare)], "has no tokenizer beside it")]
+    capsys.readouterr()
+    for argv, message in cases:
+        assert eval_main(argv + common + ["--out", str(tmp_path / "never")]) == 2
+        err = capsys.readouterr().err
+        assert "omnistream: error:" in err and message in err, (message, err)
+    assert not (tmp_path / "never").exists()
+
+
 @pytest.mark.parametrize("stage,extra,tol", [
     ("thinker-s2", ["--steps", "4", "--lr", "3e-3", "--batch", "4"], 2e-3),
     ("talker-general", ["--steps", "4", "--lr", "3e-3", "--batch", "2"], 1e-3),

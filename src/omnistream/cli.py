@@ -19,7 +19,7 @@ from .positions import PositionError
 from .thinker import InputError
 from .vision.preprocess import VisionInputError
 from .voice import VoiceCloneError
-from .weights import CheckpointError, load_omni, load_omni_thinker, load_thinker
+from .weights import CheckpointError, load_omni, load_omni_thinker, load_thinker, position_ticks
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEMO_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "demo"
@@ -172,12 +172,6 @@ def _messages(args: argparse.Namespace) -> list[dict]:
     return messages
 
 
-def _position_id_per_seconds(checkpoint: str) -> float:
-    """The thinker's position_id_per_seconds from config.json (13, the Qwen3-Omni release value, when absent)."""
-    raw = json.loads((Path(checkpoint) / "config.json").read_text())
-    return float(raw.get("thinker_config", raw).get("position_id_per_seconds", 13))
-
-
 def _check_media(args: argparse.Namespace, thinker) -> None:
     """Refuse media the checkpoint has no encoder for."""
     if (args.image or args.video) and thinker.visual is None:
@@ -197,7 +191,7 @@ def _media_prompt(args: argparse.Namespace, thinker, tokenizer: Tokenizer) -> tu
     saved = json.loads((Path(args.checkpoint) / "config.json").read_text()).get("processor_config") or {}
     pixels = {k: tuple(saved[k]) for k in ("image_pixels", "video_pixels") if k in saved}  # what it was trained on
     prompt = Processor(tokenizer, audio_cfg, vision_config=vision_cfg, layout=layout, **pixels,
-                       position_id_per_seconds=_position_id_per_seconds(args.checkpoint))(_messages(args))
+                       position_id_per_seconds=position_ticks(args.checkpoint))(_messages(args))
 
     def move(x, cast=False):
         return None if x is None else x.to(lm.device, lm.dtype) if cast else x.to(lm.device)

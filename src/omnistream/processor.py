@@ -44,6 +44,7 @@ VISION_END = "<|vision_end|>"
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
 ROLES = ("system", "user", "assistant")
+TICKS_PER_SECOND = 13  # TM-RoPE temporal ids per second: the Qwen3-Omni release value; the recipe trains with it
 
 
 class TokenizerError(ValueError):
@@ -340,7 +341,8 @@ class Processor:
                  video_max_frames: int = DEFAULT_MAX_FRAMES, image_pixels: tuple[int, int] = (IMAGE_MIN_PIXELS,
                                                                                             IMAGE_MAX_PIXELS),
                  video_pixels: tuple[int, int] = (VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS),
-                 position_id_per_seconds: float = 13, max_tokens: int | None = None, layout: str = QWEN3_OMNI):
+                 position_id_per_seconds: float = TICKS_PER_SECOND, max_tokens: int | None = None,
+                 layout: str = QWEN3_OMNI):
         self.tokenizer = tokenizer
         self.audio_config = audio_config
         self.max_audio_seconds = max_audio_seconds

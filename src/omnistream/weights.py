@@ -220,6 +220,14 @@ def load_thinker(path: str | Path, dtype: torch.dtype = torch.float32, device="c
     return model, layout
 
 
+def position_ticks(path: str | Path) -> float:
+    """The Thinker's TM-RoPE position_id_per_seconds from a checkpoint's config.json (the release value when absent)."""
+    from .processor import TICKS_PER_SECOND
+
+    raw = json.loads((Path(path) / "config.json").read_text())
+    return float(raw.get("thinker_config", raw).get("position_id_per_seconds", TICKS_PER_SECOND))
+
+
 def load_omni_thinker(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu") -> Thinker:
     """Load a Qwen3-Omni Thinker with its audio and vision encoders (those its config.json describes)."""
     config, raw, state, towers, _ = _read(path, dtype, with_towers=True)

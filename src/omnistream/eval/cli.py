@@ -3,6 +3,7 @@
     omnistream eval --checkpoint DIR --data DIR [--split eval] [--num N] [--tasks T ...] [--twin DIR]
                     [--judge base|tiny.en] [--judge-model PATH] [--out report_dir]
     omnistream eval --floor-only --data DIR [--num N] [--out report_dir]   (the judge alone on espeak-ng speech)
+    omnistream eval --stage WORK/STAGE --data DIR [...]   (a Thinker training stage: the tasks answered in text)
 
 DIR/{split}.jsonl comes from `omnistream data synth --split eval` (held-out voices and sentences). The report
 (report_dir/report.md, plots/*.png, results.json, audio/*.wav of the spoken replies) lists every acceptance
@@ -43,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", metavar="DIR", help="the speaking checkpoint (save_omni layout); required unless "
                                                         "--floor-only")
+    p.add_argument("--stage", metavar="WORK/STAGE",
+                   help="instead of --checkpoint: a Thinker stage of `omnistream train` (e.g. runs/work/thinker-s2), "
+                        "scored on the tasks answered in text (transcripts, spoken, image and video questions)")
     p.add_argument("--data", required=True, metavar="DIR", help="a directory written by `omnistream data synth`")
     p.add_argument("--split", default="eval", help="which DIR/{split}.jsonl to read (default: eval)")
     p.add_argument("--num", type=int, metavar="N", help="evaluate only the first N items (after --tasks)")
@@ -117,14 +121,22 @@ def run(args: argparse.Namespace) -> Path:
     start = time.perf_counter()
     if args.floor_only:
         return _floor_only(args, start)
-    if args.checkpoint is None:
-        raise EvalError("--checkpoint DIR is required (or --floor-only to measure only the judge's floor)")
+    if (args.checkpoint is None) == (args.stage is None):
+        raise EvalError("give one model: --checkpoint DIR or --stage WORK/STAGE (or --floor-only to measure only "
+                        "the judge's floor)")
     if args.max_new_tokens < 1 or args.max_audio_frames < 1:
         raise EvalError("--max-new-tokens and --max-audio-frames must be at least 1")
+    tasks = _to_task_list(args.tasks)
+    if args.stage is not None:
+        spoken = sorted(set(tasks or ()) & set(TTS_TASKS))
+        if spoken or args.twin:
+            raise EvalError(f"--stage {args.stage} is a Thinker training stage and cannot speak: "
+                            f"{', '.join(spoken) or '--twin'} needs whole models (--checkpoint, --twin)")
+        tasks = tasks or tuple(t for t in TASKS if t not in TTS_TASKS)
     for name, path in (("--checkpoint", args.checkpoint), ("--twin", args.twin)):
         if path is not None and not (Path(path) / "config.json").is_file():
             raise EvalError(f"no model at {path}: {name} needs a checkpoint directory with config.json")
-    items, every = load_items(args.data, args.split, args.num, _to_task_list(args.tasks))
+    items, every = load_items(args.data, args.split, args.num, tasks)
     check_items(items)
     speech_out = any(i["task"] in TTS_TASKS for i in items)
     judge = speaker = None
@@ -135,8 +147,11 @@ def run(args: argparse.Namespace) -> Path:
         from .speaker import SpeakerEncoder
 
         speaker = SpeakerEncoder("cuda" if args.device == "cuda" else "cpu")
-    print(f"loading {args.checkpoint} ...", file=sys.stderr)
-    runner = ModelRunner(args.checkpoint, args.device, args.max_new_tokens, args.max_audio_frames)
+    print(f"loading {args.checkpoint or args.stage} ...", file=sys.stderr)
+    if args.stage is not None:
+        runner = ModelRunner.from_stage(args.stage, args.device, args.max_new_tokens)
+    else:
+        runner = ModelRunner(args.checkpoint, args.device, args.max_new_tokens, args.max_audio_frames)
     for item in items:
         runner.check_media(item)
     twin = None
@@ -145,7 +160,8 @@ def run(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     results = Evaluation(runner, items, every, judge=judge, speaker=speaker, twin=twin,
                          audio_dir=out / "audio").run()
-    results["meta"] = {"checkpoint": str(args.checkpoint), "twin": args.twin, "data": str(args.data),
+    model = str(args.checkpoint) if args.stage is None else f"{args.stage} (stage {runner.stage}, text only)"
+    results["meta"] = {"checkpoint": model, "twin": args.twin, "data": str(args.data),
                        "split": args.split, "judge": _judge_meta(judge),
                        "speaker": None if speaker is None else "Resemblyzer VoiceEncoder",
                        "device": args.device, "seconds": time.perf_counter() - start}

@@ -6,12 +6,12 @@ prompt layout, with the Thinker training's image and video pixel bounds (the 96 
 questions, video captions). `speak(item)` says the item's reference reply through `SpeechSession` with the
 reply given (`reply=`), so the Talker's speech is judged on exactly the sentences espeak-ng said for the data:
 a read-aloud item speaks in its named voice (when the checkpoint has it), a voice-clone item in the voice of its
-reference clip (encoded by the checkpoint's audio tokenizer).
+reference clip (encoded by the checkpoint's audio tokenizer). `ModelRunner.from_stage(WORK/STAGE)` answers with a
+Thinker training stage's checkpoint instead, to measure the recipe between its stages (text only: no Talker yet).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +22,12 @@ import torch
 from ..config import QWEN35, ConfigError
 from ..engine.generate import generate
 from ..engine.session import SpeechSession
-from ..processor import QWEN3_OMNI, QWEN35_OMNI, Processor, Tokenizer, split_reasoning
+from ..processor import QWEN3_OMNI, QWEN35_OMNI, TICKS_PER_SECOND, Processor, Tokenizer, split_reasoning
 from ..thinker import InputError
 from ..train.thinker_data import IMAGE_PIXELS, VIDEO_PIXELS
-from ..weights import load_omni
+from ..weights import load_omni, position_ticks
+
+SIZES = ("demo", "tiny")  # the recipe's Thinker sizes, tried in turn on a stage checkpoint
 
 
 @dataclass
@@ -40,9 +42,9 @@ class Spoken:
     timings: dict = field(default_factory=dict)
 
 
-def _position_id_per_seconds(directory: Path) -> float:
-    raw = json.loads((directory / "config.json").read_text())
-    return float(raw.get("thinker_config", raw).get("position_id_per_seconds", 13))
+def _check_device(device: str) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: CUDA is not available on this machine")
 
 
 class ModelRunner:
@@ -50,29 +52,74 @@ class ModelRunner:
 
     def __init__(self, checkpoint: str | Path, device: str = "cpu", max_new_tokens: int = 256,
                  max_audio_frames: int = 600):
-        self.directory = Path(checkpoint)
+        self.directory, self.stage = Path(checkpoint), None
         if not (self.directory / "config.json").is_file():
             raise InputError(f"no model at {self.directory}: --checkpoint needs a checkpoint directory with "
                              f"config.json (a whole speaking model saved with save_omni)")
-        if device == "cuda" and not torch.cuda.is_available():
-            raise InputError("--device cuda: CUDA is not available on this machine")
-        self.device = device
-        self.max_new_tokens = max_new_tokens
+        _check_device(device)
+        thinker, self.talker, self.code2wav, self.tokens = load_omni(self.directory, torch.float32, device)
+        self._attach(thinker, Tokenizer(self.directory), device, max_new_tokens,
+                     position_ticks(self.directory))
         self.max_audio_frames = max_audio_frames
-        self.thinker, self.talker, self.code2wav, self.tokens = load_omni(self.directory, torch.float32, device)
-        self.tokenizer = Tokenizer(self.directory)
-        lm = self.thinker.lm
-        audio_cfg = None if self.thinker.audio_tower is None else self.thinker.audio_tower.config
-        vision_cfg = None if self.thinker.visual is None else self.thinker.visual.config
-        self.processor = Processor(self.tokenizer, audio_cfg, vision_config=vision_cfg, image_pixels=IMAGE_PIXELS,
-                                   video_pixels=VIDEO_PIXELS,
-                                   layout=QWEN35_OMNI if lm.config.layout == QWEN35 else QWEN3_OMNI,
-                                   position_id_per_seconds=_position_id_per_seconds(self.directory))
-        self.stops = self.tokenizer.eos_ids + [t for t in lm.config.eos_token_ids if t not in self.tokenizer.eos_ids]
-        if not self.stops:
-            raise ConfigError(f"{self.directory}: neither the tokenizer nor the config names an end-of-turn token")
         self.speakers = {k.lower(): k for k in self.talker.config.speaker_id}
         self.interleave = self.talker.config.interleave
+
+    @classmethod
+    def from_stage(cls, stage: str | Path, device: str = "cpu", max_new_tokens: int = 256) -> ModelRunner:
+        """A text-only runner of a Thinker training stage (WORK/STAGE/checkpoint.pt with WORK/tokenizer): it
+        answers items as the exported model's Thinker would, but has no Talker, so it cannot speak."""
+        from ..train.thinker_stages import build_thinker
+        from ..train.tokenizer import special_ids
+
+        _check_device(device)
+        directory = Path(stage)
+        path, vocab = directory / "checkpoint.pt", directory.parent / "tokenizer"
+        if not path.is_file():
+            raise InputError(f"no stage checkpoint at {path}: --stage needs a directory WORK/STAGE written by "
+                             f"`omnistream train STAGE` (a thinker stage)")
+        if not (vocab / "tokenizer.json").is_file():
+            raise InputError(f"{directory} has no tokenizer beside it ({vocab}/tokenizer.json): --stage needs the "
+                             f"stage inside the work directory that `omnistream train tokenizer` wrote")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            name, weights = state["stage"], state["model"]
+        except Exception as e:  # a truncated or foreign file: say which and why
+            raise InputError(f"cannot read the stage checkpoint {path}: {type(e).__name__}: {e}") from None
+        if not str(name).startswith("thinker-"):
+            raise InputError(f"{path} is a checkpoint of {name!r}; --stage takes a Thinker stage (thinker-text ... "
+                             f"thinker-s3)")
+        tokenizer = Tokenizer(vocab)
+        ids = special_ids(tokenizer)
+        for size in SIZES:
+            thinker = build_thinker(size, ids)
+            try:
+                thinker.load_state_dict(weights)
+                break
+            except RuntimeError:
+                continue
+        else:
+            raise InputError(f"{path} fits no {' or '.join(SIZES)} Thinker with the tokenizer in {vocab} "
+                             f"({ids['vocab_size']} ids)")
+        runner = cls.__new__(cls)
+        runner.directory, runner.stage = directory, name
+        runner.talker = runner.code2wav = runner.tokens = runner.interleave = None
+        runner._attach(thinker.to(device).eval(), tokenizer, device, max_new_tokens, TICKS_PER_SECOND)
+        runner.max_audio_frames, runner.speakers = 0, {}
+        return runner
+
+    def _attach(self, thinker, tokenizer: Tokenizer, device: str, max_new_tokens: int, ticks: float) -> None:
+        """Set the Thinker, its tokenizer, the processor in its prompt layout and the end-of-turn ids."""
+        self.thinker, self.tokenizer, self.device, self.max_new_tokens = thinker, tokenizer, device, max_new_tokens
+        lm = thinker.lm
+        audio_cfg = None if thinker.audio_tower is None else thinker.audio_tower.config
+        vision_cfg = None if thinker.visual is None else thinker.visual.config
+        self.processor = Processor(tokenizer, audio_cfg, vision_config=vision_cfg, image_pixels=IMAGE_PIXELS,
+                                   video_pixels=VIDEO_PIXELS,
+                                   layout=QWEN35_OMNI if lm.config.layout == QWEN35 else QWEN3_OMNI,
+                                   position_id_per_seconds=ticks)
+        self.stops = tokenizer.eos_ids + [t for t in lm.config.eos_token_ids if t not in tokenizer.eos_ids]
+        if not self.stops:
+            raise ConfigError(f"{self.directory}: neither the tokenizer nor the config names an end-of-turn token")
         self._codec = None
 
     # ------------------------------------------------------------------ inputs
@@ -133,6 +180,9 @@ class ModelRunner:
     @torch.no_grad()
     def speak(self, item: dict) -> Spoken:
         """Say the item's reference reply through the streaming session (in its voice or its reference's voice)."""
+        if self.talker is None:
+            raise InputError(f"{self.directory} is a Thinker training stage: it has no Talker, so it cannot say "
+                             f"{item['task']} items")
         start = time.perf_counter()
         input_ids, media, extra, positions = self._prompt(item)
         cloned = item["task"] == "voice_clone" and item.get("reference_speech")
