@@ -235,6 +235,21 @@ def test_eval_runs_end_to_end_and_writes_the_report(model_dir, data_dir, tmp_pat
         assert tts["floor"] is not None and tts["floor"] >= 0 and tts["error_rate"] >= 0
 
 
+def test_a_think_block_is_recorded_apart_from_the_answer(model_dir, data_dir, monkeypatch):
+    import torch
+
+    from omnistream.eval import runner as runner_module
+    from omnistream.eval.evaluate import load_items
+
+    runner = runner_module.ModelRunner(model_dir, max_new_tokens=8)
+    item = next(i for i in load_items(data_dir)[0] if i["task"] == "arithmetic")
+    ids = runner.tokenizer.encode("<think>\n17+25=42\n</think>\n\nSeventeen plus twenty-five is forty-two.")
+    said = type("Out", (), {"tokens": torch.tensor([ids + [0, 0]]), "lengths": torch.tensor([len(ids)])})
+    monkeypatch.setattr(runner_module, "generate", lambda *args, **kwargs: said)
+    thought, answer, seconds = runner.text(item)
+    assert (thought, answer) == ("17+25=42", "Seventeen plus twenty-five is forty-two.") and seconds >= 0
+
+
 def _bad_eval(argv, tmp_path, capsys):
     out = tmp_path / "never"
     code = eval_main(argv + ["--out", str(out), "--no-judge", "--no-speaker"])

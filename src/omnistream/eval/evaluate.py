@@ -222,10 +222,11 @@ class Evaluation:
         records = []
         for item in [i for i in self.items if i["task"] in tasks]:
             self.runner.check_media(item)
-            hyp, seconds = self.runner.text(item)
+            thought, hyp, seconds = self.runner.text(item)
             _log(f"  {item['id']} {item['task']} {item['language']}: {seconds:.1f} s: {hyp[:60]!r}")
             records.append({"id": item["id"], "task": item["task"], "language": item["language"],
-                            "reference": item["reply"], "hypothesis": hyp, "seconds": seconds, "item": item})
+                            "reference": item["reply"], "thought": thought, "hypothesis": hyp, "seconds": seconds,
+                            "item": item})
         return records
 
     def asr(self) -> dict:

@@ -188,7 +188,7 @@ def write_report(results: dict, out: str | Path) -> Path:
         md += _table(["language", "items", "accuracy"],
                      [[LANG_NAMES.get(k, k), per[k]["n"], _pct(per[k]["accuracy"])] for k in _langs(per)])
         md += _samples(q["items"], [("id", "id"), ("lang", "language"), ("expected", "expected"),
-                                    ("model", "hypothesis"), ("right", "correct")])
+                                    ("thought", "thought"), ("model", "hypothesis"), ("right", "correct")])
         langs = _langs(per)
         bar_chart(plots / "questions.png", "Spoken-question accuracy (%)", [LANG_NAMES.get(k, k) for k in langs],
                   {"accuracy": [per[k]["accuracy"] * 100 for k in langs]}, threshold=90, ylabel="%", ymax=100)

@@ -147,9 +147,8 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ text
     @torch.no_grad()
-    def text(self, item: dict) -> tuple[str, float]:
-        """The Thinker's greedy answer to the item (special tokens and any think block dropped) and the seconds it
-        took."""
+    def text(self, item: dict) -> tuple[str, str, float]:
+        """The Thinker's greedy (think block, answer) to the item, special tokens dropped, and the seconds it took."""
         start = time.perf_counter()
         input_ids, media, _, positions = self._prompt(item)
         embeds, deepstack = self.thinker.embed(input_ids, **media)
@@ -157,7 +156,7 @@ class ModelRunner:
                        inputs_embeds=embeds, deepstack=deepstack, position_ids=positions)
         ids = out.tokens[0, :out.lengths[0]].tolist()
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        return split_reasoning(text)[1], time.perf_counter() - start
+        return *split_reasoning(text), time.perf_counter() - start
 
     # ------------------------------------------------------------------ speech
     def _voice(self, item: dict) -> str:
