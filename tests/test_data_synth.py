@@ -296,6 +296,33 @@ def test_arithmetic_and_counting_answers_are_right_in_every_language():
 
 
 @needs_espeak
+def test_number_drills_are_a_named_file_of_spoken_number_lists_beside_the_split(tmp_path):
+    path = synthesize(tmp_path, 7, "train", 24, ["numbers"], name="numbers")
+    assert path == tmp_path / "numbers.jsonl" and not (tmp_path / "train.jsonl").exists()
+    items = read_items(path)
+    assert [it["id"] for it in items] == [f"numbers-{i:06d}" for i in range(24)]
+    words = {"en": {numbers.english(n): n for n in range(101)}, "es": {numbers.spanish(n): n for n in range(101)},
+             "zh": {numbers.chinese(n): n for n in range(101)}}
+    for it in items:
+        lang, reply = it["language"], it["reply"]
+        pieces = re.split(r", |，", reply[:-1].lower())
+        assert reply[-1] in ".。" and 3 <= len(pieces) <= 5 and all(p in words[lang] for p in pieces), reply
+        assert it["task"] == "numbers" and it["messages"][0]["content"][1]["text"] == text.transcribe_prompt(lang)
+        assert it["voice"].startswith("crowd:") or it["voice"] in {v.name for v in voices_mod.voices("train")}
+        if lang == "zh":
+            assert reads_as_pinyin(it["meta"]["speech_input"])
+        else:
+            assert it["meta"]["speech_input"] == reply
+        wave, rate = soundfile.read(it["messages"][0]["content"][0]["audio"], dtype="float32")
+        assert rate == 24000 and 0.3 * len(pieces) < len(wave) / rate < 2.0 * len(pieces) + 1.0
+    assert {it["language"] for it in items} == set(text.LANGUAGES)
+    assert any(it["voice"].startswith("crowd:") for it in items)
+    assert "numbers" not in TASKS  # a drill is made on request only; the default rotation is unchanged
+    with pytest.raises(DataError, match="--name must be lower-case .* got 'eval'"):
+        synthesize(tmp_path, 7, "train", 1, ["numbers"], name="eval")
+
+
+@needs_espeak
 def test_transcripts_and_read_aloud_replies_are_the_spoken_sentence(runs):
     for task in ("transcribe", "read_aloud", "voice_clone"):
         for item in of_task(runs, task):

@@ -530,6 +530,21 @@ def test_aut_pretraining_trains_only_the_audio_encoder_and_its_ctc_falls(dataset
     assert "audio_tower.proj2.weight" in changed and all(k.startswith("audio_tower.") for k in changed)
 
 
+def test_aut_hears_the_number_drills_beside_the_split(dataset, tmp_path):
+    from omnistream.data import read_items, synthesize
+
+    root, items, tok = dataset
+    data = tmp_path / "data"
+    shutil.copytree(root / "data", data)
+    assert AutStage(data, root / "tok", size="tiny").drills == []
+    synthesize(data, seed=0, num=3, tasks=["numbers"], name="numbers")
+    stage = AutStage(data, root / "tok", size="tiny", batch_size=4)
+    drills = read_items(data / "numbers.jsonl")
+    assert stage.drills == [(it["messages"][0]["content"][0]["audio"], it["reply"]) for it in drills]
+    assert len(stage.clips) == len(heard_clips(items)) + 3 and stage.clips[-3:] == stage.drills
+    assert stage.targets[-3:] == [tok.encode(it["reply"]) for it in drills]
+
+
 def test_demo_size_fits_the_budget():
     counts = parameter_counts(build_thinker("demo", {"vocab_size": 2048, "eos_token_id": 2, "pad_token_id": 0,
                                                      "audio_token_id": 5, "image_token_id": 8,

@@ -1,11 +1,12 @@
 """`omnistream data synth`: write a split of deterministic synthetic chat items (JSON lines + media) to a directory.
 
-Layout of --out DIR: DIR/{split}.jsonl, one item per line, in index order; DIR/audio/*.wav (24 kHz mono 16-bit),
-DIR/images/*.png, DIR/videos/*.mp4. Media paths in the items are relative to DIR. An item holds "id", "split",
-"task", "language", "voice" (the speaking voice's name, or null), "messages" (the user turn in the processor's
-chat format; the processor adds the assistant opener), "reply" (the assistant's text), "target_speech" /
-"reference_speech" for the speech-out tasks, and "meta" (what the item asks, for checking answers).
-The same (seed, split, num, tasks) writes byte-identical files, whatever the number of workers.
+Layout of --out DIR: DIR/{split}.jsonl (DIR/{name}.jsonl with --name), one item per line, in index order;
+DIR/audio/*.wav (24 kHz mono 16-bit), DIR/images/*.png, DIR/videos/*.mp4. Media paths in the items are relative to
+DIR. An item holds "id", "split", "task", "language", "voice" (the speaking voice's name, or null), "messages" (the
+user turn in the processor's chat format; the processor adds the assistant opener), "reply" (the assistant's text),
+"target_speech" / "reference_speech" for the speech-out tasks, and "meta" (what the item asks, for checking
+answers). The same (seed, split, num, tasks, name) writes byte-identical files, whatever the number of workers.
+A drill file (--tasks numbers --name numbers: lists of spoken numbers) sits beside the split it trains with.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -21,24 +23,26 @@ from functools import partial
 from pathlib import Path
 
 from .errors import DataError
-from .tasks import BUILDERS, MEDIA_DIRS, MEDIA_KINDS, SPEECH_TASKS, TASKS, build_item
+from .tasks import BUILDERS, DRILLS, MEDIA_DIRS, MEDIA_KINDS, SPEECH_TASKS, TASKS, build_item
 from .voices import ROSTER, SPLITS, check_voice, voices
 
 
-def _check_options(split: str, num: int, tasks: Sequence[str], workers: int) -> tuple[str, ...]:
+def _check_options(split: str, num: int, tasks: Sequence[str], workers: int, name: str | None) -> tuple[str, ...]:
     """Validate the options; return the task names as a tuple."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    if name is not None and (not re.fullmatch(r"[a-z0-9_]+", name) or (name in SPLITS and name != split)):
+        raise DataError(f"--name must be lower-case letters, digits and _ and not another split's name, got {name!r}")
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
         raise DataError(f"--num must be a whole number >= 1, got {num!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise DataError(f"--workers must be a whole number >= 1, got {workers!r}")
     tasks = tuple(tasks)
     if not tasks:
-        raise DataError(f"no tasks given; choose from {', '.join(TASKS)}")
+        raise DataError(f"no tasks given; choose from {', '.join(BUILDERS)}")
     unknown = [t for t in tasks if t not in BUILDERS]
     if unknown:
-        raise DataError(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
+        raise DataError(f"unknown task {unknown[0]!r}; choose from {', '.join(BUILDERS)}")
     return tasks
 
 
@@ -54,21 +58,22 @@ def _prepare(out: Path) -> None:
 
 
 def synthesize(out: str | Path, seed: int, split: str = "train", num: int = 100,
-               tasks: Sequence[str] = TASKS, workers: int = 1) -> Path:
-    """Write items 0..num-1 of `split` (tasks taken in turn) and their media under `out`; return the .jsonl path."""
-    tasks = _check_options(split, num, tasks, workers)
+               tasks: Sequence[str] = TASKS, workers: int = 1, name: str | None = None) -> Path:
+    """Write items 0..num-1 of `split` (tasks taken in turn) and their media under `out` as the file `name`
+    (default: the split's); return the .jsonl path."""
+    tasks = _check_options(split, num, tasks, workers, name)
     if SPEECH_TASKS.intersection(tasks):
         for voice in voices(split) + voices("train"):  # read_aloud speaks with training voices in both splits
             check_voice(voice)
     out = Path(out)
     _prepare(out)
-    build = partial(build_item, out, seed, split, tasks)
+    build = partial(build_item, out, seed, split, tasks, name=name)
     if workers == 1:
         items = [build(i) for i in range(num)]
     else:
         with ProcessPoolExecutor(workers) as pool:
             items = list(pool.map(build, range(num), chunksize=max(1, num // (4 * workers))))
-    path = out / f"{split}.jsonl"
+    path = out / f"{name or split}.jsonl"
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for item in items:
@@ -108,7 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="eval uses held-out voices, sentences and questions (default: train)")
     parser.add_argument("--num", type=int, default=100, help="number of items (default: 100)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), metavar="TASK",
-                        help=f"tasks, taken in turn (space- or comma-separated; default: all): {', '.join(TASKS)}")
+                        help=f"tasks, taken in turn (space- or comma-separated; default: all): {', '.join(TASKS)}; "
+                             f"on request only: {', '.join(DRILLS)}")
+    parser.add_argument("--name", metavar="NAME",
+                        help="write DIR/NAME.jsonl (items NAME-000000...) instead of DIR/{split}.jsonl, e.g. a drill "
+                             "file beside the split")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="processes generating items (default: min(4, CPUs)); the output does not depend on it")
     return parser
@@ -120,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [name for arg in args.tasks for name in arg.split(",") if name]
     start = time.perf_counter()
     try:
-        path = synthesize(args.out, args.seed, args.split, args.num, tasks, args.workers)
+        path = synthesize(args.out, args.seed, args.split, args.num, tasks, args.workers, args.name)
     except DataError as e:
         print(f"omnistream: error: {e}", file=sys.stderr)
         return 2

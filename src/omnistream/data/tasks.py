@@ -29,7 +29,8 @@ from .voices import SAMPLE_RATE, Voice, assistant_voice, crowd_voice, speak, voi
 
 TASKS = ("transcribe", "arithmetic", "counting", "read_aloud", "voice_clone", "image_qa", "video_caption",
          "video_segments")
-SPEECH_TASKS = frozenset({"transcribe", "arithmetic", "counting", "read_aloud", "voice_clone"})
+DRILLS = ("numbers",)  # built on request only (--tasks numbers), never in the default rotation
+SPEECH_TASKS = frozenset({"transcribe", "arithmetic", "counting", "read_aloud", "voice_clone", "numbers"})
 MEDIA_DIRS = ("audio", "images", "videos")
 MEDIA_KINDS = ("audio", "image", "video")  # content part types that refer to a file
 CROWD_SHARE = 0.5  # training clips to transcribe, spoken questions and voices to clone said by the crowd
@@ -66,9 +67,9 @@ class Context:
         return name
 
 
-def item_rng(seed: int, split: str, index: int) -> random.Random:
-    """The RNG of one item, independent of every other item's."""
-    digest = hashlib.sha256(f"omnistream.data/{seed}/{split}/{index}".encode()).digest()
+def item_rng(seed: int, stream: str, index: int) -> random.Random:
+    """The RNG of one item of a file (`stream`: its name, the split's by default), independent of every other's."""
+    digest = hashlib.sha256(f"omnistream.data/{seed}/{stream}/{index}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
@@ -88,6 +89,16 @@ def transcribe(ctx: Context) -> dict:
     audio = ctx.wav("", speak(said.speech, voice))
     content = [{"type": "audio", "audio": audio}, {"type": "text", "text": text.transcribe_prompt(lang)}]
     return _item(ctx, "transcribe", lang, voice, content, said.text, {"sentence": key, "speech_input": said.speech})
+
+
+def number_drill(ctx: Context) -> dict:
+    """A list of three to five numbers spoken by a voice of the split -> its transcript (for AuT: hearing numbers)."""
+    lang = ctx.language()
+    voice = ctx.asker(lang)
+    said = text.number_list(ctx.rng, lang)
+    audio = ctx.wav("", speak(said.speech, voice))
+    content = [{"type": "audio", "audio": audio}, {"type": "text", "text": text.transcribe_prompt(lang)}]
+    return _item(ctx, "numbers", lang, voice, content, said.text, {"speech_input": said.speech})
 
 
 def _spoken_question(ctx: Context, task: str, make: Callable[[random.Random, str, str], text.Question]) -> dict:
@@ -171,10 +182,13 @@ def video_segments(ctx: Context) -> dict:
 BUILDERS: dict[str, Callable[[Context], dict]] = {
     "transcribe": transcribe, "arithmetic": arithmetic, "counting": counting, "read_aloud": read_aloud,
     "voice_clone": voice_clone, "image_qa": image_qa, "video_caption": video_caption, "video_segments": video_segments,
+    "numbers": number_drill,
 }
 
 
-def build_item(out: Path, seed: int, split: str, tasks: tuple[str, ...], index: int) -> dict:
-    """Item `index` of the split: writes its media under `out` and returns its JSON record."""
-    ctx = Context(Path(out), split, f"{split}-{index:06d}", item_rng(seed, split, index))
+def build_item(out: Path, seed: int, split: str, tasks: tuple[str, ...], index: int, name: str | None = None) -> dict:
+    """Item `index` of the split's file `name` (the split's own by default; the item id's prefix and its RNG's
+    stream): writes its media under `out` and returns its JSON record."""
+    stem = name or split
+    ctx = Context(Path(out), split, f"{stem}-{index:06d}", item_rng(seed, stem, index))
     return BUILDERS[tasks[index % len(tasks)]](ctx)

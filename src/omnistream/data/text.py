@@ -166,6 +166,17 @@ def sentence(rng: random.Random, split: str, lang: str, avoid: str | None = None
             return key, value
 
 
+def number_list(rng: random.Random, lang: str) -> Utterance:
+    """Three to five numbers in 0..100 said as a list, "Sixty-four, thirty-one, twelve, eighty-nine." (a number-dense
+    clip to transcribe: a spoken question turns on one or two number words among six to eight)."""
+    _check_language(lang)
+    picks = [rng.randint(0, 100) for _ in range(rng.randint(3, 5))]
+    if lang == "zh":
+        return _zh(*[p for n in picks for p in (_zh_number(n), "，")][:-1], "。")
+    say = numbers.english if lang == "en" else numbers.spanish
+    return _same(", ".join(say(n) for n in picks) + ".")
+
+
 def _arithmetic_pair(r: random.Random) -> tuple[str, tuple[int, str, int]]:
     """A random sum, difference (never negative) or small product, all within 0..100."""
     op = r.choice("+-*")

@@ -126,8 +126,9 @@ def corpus_texts(items: Sequence[Mapping]) -> list[str]:
 
 
 def spoken_text(item: Mapping) -> str | None:
-    """The text an item's audio says: the transcript of a transcribe item, the question of a spoken question."""
-    if item["task"] == "transcribe":
+    """The text an item's audio says: the transcript of a transcribe or number-drill item, the question of a spoken
+    question."""
+    if item["task"] in ("transcribe", "numbers"):
         return item["reply"]
     if item["task"] in QUESTION_TASKS:
         return item["meta"]["question"]
