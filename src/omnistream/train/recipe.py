@@ -36,7 +36,7 @@ PREVIOUS = {"thinker-drill": "thinker-text", "thinker-aut": "thinker-drill", "th
             "talker-fixed-mtp": "talker-fixed"}
 # default (steps, lr, batch) per stage at the demo size; --steps / --lr / --batch override
 DEFAULTS = {"codec": (10000, 1e-3, 8), "thinker-text": (7000, 2e-3, 16), "thinker-drill": (2400, 1e-3, 64),
-            "thinker-aut": (3000, 2e-3, 32), "thinker-s1": (400, 2e-3, 8), "thinker-s2": (3000, 1e-3, 8),
+            "thinker-aut": (3000, 2e-3, 32), "thinker-s1": (400, 2e-3, 8), "thinker-s2": (4000, 1e-3, 8),
             "thinker-s3": (400, 5e-4, 4), "talker-general": (3000, 1e-3, 8), "talker-fixed": (3000, 1e-3, 8),
             "talker-long": (300, 5e-4, 4), "talker-dpo": (100, 1e-5, 4), "talker-speaker": (300, 5e-4, 8),
             "talker-mtp": (3000, 1e-3, 512), "talker-fixed-mtp": (3000, 1e-3, 512)}
