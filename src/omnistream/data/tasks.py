@@ -81,24 +81,26 @@ def _item(ctx: Context, task: str, lang: str, voice: Voice | None, content: list
             "reply": reply, **speech, "meta": meta}
 
 
+def _to_transcribe(ctx: Context, task: str, lang: str, voice: Voice, said: text.Utterance, meta: dict) -> dict:
+    """`said` spoken by `voice` + the transcribe prompt -> its transcript."""
+    audio = ctx.wav("", speak(said.speech, voice))
+    content = [{"type": "audio", "audio": audio}, {"type": "text", "text": text.transcribe_prompt(lang)}]
+    return _item(ctx, task, lang, voice, content, said.text, {**meta, "speech_input": said.speech})
+
+
 def transcribe(ctx: Context) -> dict:
     """A sentence spoken by a voice of the split -> its transcript."""
     lang = ctx.language()
     voice = ctx.asker(lang)
     key, said = text.sentence(ctx.rng, ctx.split, lang)
-    audio = ctx.wav("", speak(said.speech, voice))
-    content = [{"type": "audio", "audio": audio}, {"type": "text", "text": text.transcribe_prompt(lang)}]
-    return _item(ctx, "transcribe", lang, voice, content, said.text, {"sentence": key, "speech_input": said.speech})
+    return _to_transcribe(ctx, "transcribe", lang, voice, said, {"sentence": key})
 
 
 def number_drill(ctx: Context) -> dict:
     """A list of three to five numbers spoken by a voice of the split -> its transcript (for AuT: hearing numbers)."""
     lang = ctx.language()
     voice = ctx.asker(lang)
-    said = text.number_list(ctx.rng, lang)
-    audio = ctx.wav("", speak(said.speech, voice))
-    content = [{"type": "audio", "audio": audio}, {"type": "text", "text": text.transcribe_prompt(lang)}]
-    return _item(ctx, "numbers", lang, voice, content, said.text, {"speech_input": said.speech})
+    return _to_transcribe(ctx, "numbers", lang, voice, text.number_list(ctx.rng, lang), {})
 
 
 def _spoken_question(ctx: Context, task: str, make: Callable[[random.Random, str, str], text.Question]) -> dict:
