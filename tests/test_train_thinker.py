@@ -419,11 +419,11 @@ def test_the_drill_draws_endless_training_questions_in_its_mix(dataset, tiny):
     assert len(drill._cache) <= 8
 
 
-def test_arithmetic_and_counting_replies_work_in_digits_in_a_think_block_first(dataset, tiny):
+def test_arithmetic_and_counting_replies_think_first_the_question_heard_then_its_digits(dataset, tiny):
     _, _, tok = dataset
     builder, _, _ = tiny
-    rng = random.Random(3)
-    for task in ("arithmetic", "counting", "counting", "counting"):
+    rng, ops = random.Random(0), set()
+    for task in ("arithmetic",) * 4 + ("counting",) * 3:
         for lang in templates.LANGUAGES:
             item = generated_item(task, lang, rng, "x")
             e = builder.item(item)
@@ -431,14 +431,25 @@ def test_arithmetic_and_counting_replies_work_in_digits_in_a_think_block_first(d
             worked, answer = split_reasoning(target)
             assert answer == item["reply"]
             m = item["meta"]
-            if task == "arithmetic":
-                turned = f"={max(m['a'], m['b'])}*{min(m['a'], m['b'])}" if m["op"] == "*" else ""
-                assert worked == f"{m['a']}{m['op']}{m['b']}{turned}={m['result']}"
+            heard, _, step = worked.partition("\n")
+            assert heard == m["question"]  # the question as heard first, then the digits
+            if task == "arithmetic":  # a chain of equalities, each side worth the result, ending in it
+                chain = step.split("=")
+                assert chain[0] == f"{m['a']}{m['op']}{m['b']}" and chain[-1] == str(m["result"])
+                assert all(eval(side) == m["result"] for side in chain)
+                big, small = max(m["a"], m["b"]), min(m["a"], m["b"])
+                if m["op"] == "*":  # the larger factor added up while the smaller counts down to 1
+                    assert chain[1:-1] == [f"{big}*{small}"] + [f"{big * k}+{big}*{small - k}" for k in
+                                                                 range(1, small)]
+                else:
+                    assert len(chain) == 2
             elif m["kind"] in ("after", "before"):
-                assert worked == f"{m['n']}{'+' if m['kind'] == 'after' else '-'}1={m['result']}"
+                assert step == f"{m['n']}{'+' if m['kind'] == 'after' else '-'}1={m['result']}"
             else:
-                assert worked == ""
-            assert target.startswith("<think>\n") == bool(worked)
+                assert step == "" and m["kind"] == "repeat"
+            assert target.startswith("<think>\n")
+            ops.add(m.get("op", m["kind"]))
+    assert ops == {"+", "-", "*", "after", "before", "repeat"}
     opened, closed, spacing = reasoning_token_ids(tok)
     assert tok.decode([opened], skip_special_tokens=False) == "<think>"
     assert tok.decode([closed], skip_special_tokens=False) == "</think>"

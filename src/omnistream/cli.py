@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--voice", metavar="NAME", help="one of the demo model's speakers")
     demo.add_argument("--out", default="answer.wav", metavar="FILE", help="where the answer's speech goes")
     demo.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    demo.add_argument("--max-new-tokens", type=int, default=64, metavar="N")
+    demo.add_argument("--max-new-tokens", type=int, default=256, metavar="N",
+                      help="most reply tokens, think block included (a worked product: up to 112)")
     demo.add_argument("--max-audio-frames", type=int, default=600, metavar="N")
     demo.set_defaults(run=run_demo)
     tr = commands.add_parser("train", help="train a stage of the recipe: `omnistream train STAGE --data D --work W`",

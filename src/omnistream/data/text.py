@@ -58,6 +58,7 @@ _REPEAT_WORDS = (("apple", "manzana", "苹果"), ("sun", "sol", "太阳"), ("tre
                  ("bird", "pájaro", "鸟"))
 _OPS = {"+": ("plus", "más", "加"), "-": ("minus", "menos", "减"), "*": ("times", "por", "乘以")}
 _COLUMN = {"en": 0, "es": 1, "zh": 2}
+QUESTION_KINDS = ("arithmetic", "after", "before", "repeat")  # meta["kind"] of the questions that think first
 
 
 @dataclass(frozen=True)
@@ -206,18 +207,30 @@ def arithmetic(rng: random.Random, split: str, lang: str) -> Question:
 
 
 def reasoning(meta: Mapping) -> str | None:
-    """The worked step a question's reply thinks before answering, from its meta: an arithmetic question in digits
-    with its result ("17+25=42"; a product also turned larger factor first, "4*6=6*4=24", so that a held-out pair is
-    the table entry its swapped twin taught), the number after or before n as a sum or difference ("41+1=42"), which
-    the Thinker writes in its think block and then says in words; None for other questions."""
-    kind = meta.get("kind")
+    """What a question's reply thinks before answering, from its meta: the question as heard (its text, so a spoken
+    question is first transcribed and then worked on in text, where the LM counts and reads numbers best), then
+    `worked_step` in digits; a repeated word is counted from the transcript alone. None for other items."""
+    if meta.get("kind") not in QUESTION_KINDS:
+        return None
+    step = worked_step(meta)
+    return meta["question"] if step is None else f"{meta['question']}\n{step}"
+
+
+def worked_step(meta: Mapping) -> str | None:
+    """The digits line of a question's think block: a sum or difference with its result ("17+25=42"); a product
+    turned larger factor first and added up while the smaller counts down ("5*8=8*5=8+8*4=16+8*3=24+8*2=32+8*1=40"),
+    so a product never seen is still worked out, one addition a step; the number after or before n as n+1 or n-1
+    ("41+1=42"). None for a repeated word."""
+    kind = meta["kind"]
     if kind in ("after", "before"):
         return f"{meta['n']}{'+' if kind == 'after' else '-'}1={meta['result']}"
     if kind != "arithmetic":
         return None
     a, op, b, result = meta["a"], meta["op"], meta["b"], meta["result"]
     if op == "*":
-        return f"{a}*{b}={max(a, b)}*{min(a, b)}={result}"
+        big, small = max(a, b), min(a, b)
+        return f"{a}*{b}={big}*{small}" + "".join(f"={big * k}+{big}*{small - k}" for k in range(1, small)) + \
+            f"={result}"
     return f"{a}{op}{b}={result}"
 
 

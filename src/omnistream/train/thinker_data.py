@@ -150,8 +150,9 @@ def text_mirror(item: Mapping) -> dict:
 
 
 def trained_reply(item: Mapping) -> str:
-    """What the Thinker learns to write for an item: its reply, after a think block holding the worked step when its
-    question has one (data.text.reasoning: "17+25=42", "4*6=6*4=24", "41+1=42"). Measured from scratch on arithmetic
+    """What the Thinker learns to write for an item: its reply, after a think block when it is a question
+    (data.text.reasoning: the question as heard, then its worked step, "5*8=8*5=8+8*4=...=40"). The earlier blocks
+    (the worked step alone, "17+25=42", "4*6=6*4=24") measured from scratch on arithmetic
     alone (batches of 64, held-out questions asked in text, en / zh / es): 1,200 steps gave 20 / 40 / 32% without the
     block, 60 / 65 / 58% with "4*6=24"; at 600 steps 35 / 40 / 42% with "4*6=24", 45 / 65 / 52% with "4*6=6*4=24".
     After the text stage and 1,600 drill steps: arithmetic 95 / 90 / 65%, counting 95 / 95 / 80%."""
