@@ -437,8 +437,8 @@ def test_arithmetic_and_counting_replies_think_first_the_question_heard_then_its
                 chain = step.split("=")
                 assert chain[0] == f"{m['a']}{m['op']}{m['b']}" and chain[-1] == str(m["result"])
                 assert all(eval(side) == m["result"] for side in chain)
-                big, small = max(m["a"], m["b"]), min(m["a"], m["b"])
                 if m["op"] == "*":  # the larger factor added up while the smaller counts down to 1
+                    big, small = max(m["a"], m["b"]), min(m["a"], m["b"])
                     assert chain[1:-1] == [f"{big}*{small}"] + [f"{big * k}+{big}*{small - k}" for k in
                                                                  range(1, small)]
                 else:

@@ -229,8 +229,8 @@ def worked_step(meta: Mapping) -> str | None:
     a, op, b, result = meta["a"], meta["op"], meta["b"], meta["result"]
     if op == "*":
         big, small = max(a, b), min(a, b)
-        return f"{a}*{b}={big}*{small}" + "".join(f"={big * k}+{big}*{small - k}" for k in range(1, small)) + \
-            f"={result}"
+        added = [f"{big * k}+{big}*{small - k}" for k in range(1, small)]  # k of the larger added, small - k to go
+        return "=".join([f"{a}*{b}", f"{big}*{small}", *added, str(result)])
     return f"{a}{op}{b}={result}"
 
 
