@@ -105,6 +105,8 @@ def test_stops_at_the_tokenizer_eos_token(checkpoint, tmp_path, capsys):
     ("empty prompt", ["--prompt", "  "], "--prompt is empty"),
     ("bad temperature", ["--temperature", "-1"], "temperature must be >= 0"),
     ("no new tokens", ["--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
+    ("transcribe no clip", ["--transcribe"], "--transcribe writes down one clip: give exactly one --audio"),
+    ("transcribe two clips", ["--transcribe", "--audio", "a.wav", "--audio", "b.wav"], "exactly one --audio"),
 ])
 def test_user_errors_exit_2_with_a_message(checkpoint, tmp_path, capsys, case, extra, message):
     directory = checkpoint

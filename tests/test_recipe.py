@@ -9,6 +9,9 @@ import torch
 
 from omnistream import cli
 from omnistream.data import synthesize
+from omnistream.engine.heard import HEARD_WEIGHT
+from omnistream.processor import Tokenizer
+from omnistream.train.tokenizer import special_ids
 
 # stage -> extra arguments (a high lr so a few steps show learning)
 PLAN = [
@@ -76,10 +79,24 @@ def test_export_runs_in_the_demo(recipe, tmp_path, capsys):
     settings = json.loads((work / "talker.json").read_text())  # the ARIA prior measured by talker-general
     assert configs[0]["talker_config"]["aria_frames_per_token"] == settings["aria_frames_per_token"]
     assert set(settings["aria_frames_per_token"]) == {"en", "zh", "es"}
+    thinker = configs[0]["thinker_config"]  # its encoder's CTC reading decodes heard lines (engine.heard)
+    assert thinker["ctc_heard_weight"] == HEARD_WEIGHT and thinker["ctc_blank_token_id"] == special_ids(
+        Tokenizer(demo))["pad_token_id"]
     out = tmp_path / "answer.wav"
     assert run(["demo", "--checkpoint", str(demo), "--out", str(out), "--max-new-tokens", "6",
                 "--max-audio-frames", "20"]) == 0
     assert out.stat().st_size > 44 and "first audio packet" in capsys.readouterr().err
+    said = ["generate", "--checkpoint", str(demo), "--audio", str(demo / "question.wav"), "--prompt",
+            "Transcribe the audio.", "--max-new-tokens", "6"]
+    assert run(said + ["--transcribe"]) == 0 and "generated" in capsys.readouterr().err
+    foreign = tmp_path / "foreign"  # a checkpoint whose encoder has no CTC reading (as a reference one)
+    shutil.copytree(demo, foreign)
+    config = json.loads((foreign / "config.json").read_text())
+    del config["thinker_config"]["ctc_heard_weight"]
+    (foreign / "config.json").write_text(json.dumps(config))
+    said[2] = str(foreign)
+    assert run(said) == 0 and run(said + ["--transcribe"]) == 2
+    assert "names no CTC reading" in capsys.readouterr().err
 
 
 def test_a_stopped_stage_resumes_and_bad_requests_are_explained(recipe, capsys):
@@ -141,13 +158,21 @@ def test_a_thinker_stage_is_evaluated_in_text(recipe, tmp_path, capsys):
                                       "video_segments"}
     assert {"asr", "questions", "image_qa", "video"} <= results.keys() and "tts" not in results
     assert "stage thinker-s3, text only" in results["meta"]["checkpoint"]
+    assert results["meta"]["ctc_weight"] == HEARD_WEIGHT and runner.heard.weight == HEARD_WEIGHT
+    assert f"CTC reading at weight {HEARD_WEIGHT}" in (out / "report.md").read_text()
+    plain = tmp_path / "plain"
+    assert eval_main(["--stage", str(work / "thinker-s3"), "--out", str(plain), "--ctc-weight", "0", "--tasks",
+                      "transcribe"] + common) == 0
+    assert json.loads((plain / "results.json").read_text())["meta"]["ctc_weight"] == 0.0
+    assert "decoded by the LM alone" in (plain / "report.md").read_text()
     bare = tmp_path / "bare" / "thinker-s3"
     shutil.copytree(work / "thinker-s3", bare)
     cases = [(["--stage", str(work / "talker-general")], "takes a Thinker stage"),
              (["--stage", str(work / "thinker-s3"), "--tasks", "read_aloud"], "cannot speak: read_aloud"),
              (["--stage", str(work / "thinker-s3"), "--checkpoint", str(work / "demo")], "give one model"),
              (["--stage", str(tmp_path / "nothing")], "no stage checkpoint"),
-             (["--stage", str(bare)], "has no tokenizer beside it")]
+             (["--stage", str(bare)], "has no tokenizer beside it"),
+             (["--stage", str(work / "thinker-s3"), "--ctc-weight", "1.5"], "--ctc-weight 1.5: give a weight in")]
     capsys.readouterr()
     for argv, message in cases:
         assert eval_main(argv + common + ["--out", str(tmp_path / "never")]) == 2

@@ -8,7 +8,7 @@ from omnistream.audio.code2wav import Code2Wav, Code2WavConfig
 from omnistream.config import AudioConfig, TextConfig, VisionConfig, tiny_omni
 from omnistream.engine.session import AudioChunk, SpeechSession, SpeechTokens, TextDelta
 from omnistream.talker import Talker, TalkerConfig, convert_talker_state_dict
-from omnistream.thinker import Thinker
+from omnistream.thinker import InputError, Thinker
 from omnistream.weights import convert_thinker_state_dict, load_state_into
 from reference import TINY_AUDIO, TINY_VISION, randomize
 
@@ -305,3 +305,50 @@ def test_grouped_rendering_is_the_same_audio(models):
     assert sum(c.codes.shape[1] for c in chunks) == one.codes.shape[1]
     pcm = np.concatenate([e.pcm for e in events if isinstance(e, AudioChunk)])
     assert torch.equal(s.codes, one.codes) and pcm.shape == one.pcm.shape and np.abs(pcm - one.pcm).max() < 1e-5
+
+
+class _Pieces:
+    """A vocabulary of the tiny Thinker's size where only the given ids are line breaks."""
+
+    def __init__(self, size: int, breaks: set[int]):
+        self.vocab_size = size
+        self.pieces = ["\n" if i in breaks else f"<{i}>" for i in range(size)]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(self.pieces[i] for i in ids)
+
+    def encode(self, text):
+        return [self.pieces.index(text)]
+
+
+def test_the_heard_line_is_decoded_as_generate_decodes_it(models):
+    from omnistream.engine import generate
+    from omnistream.engine.heard import Heard, LineEnds
+
+    _, thinker, *_ = models
+    ids, _, media = media_prompt(models, "audio")
+    eos = IDS["im_end_token_id"]
+    with torch.no_grad():
+        embeds, _ = thinker.embed(ids, **media)  # (1, S, H)
+    plain = generate(thinker.lm, ids, max_new_tokens=THINKER_TOKENS, stop_tokens=[eos], inputs_embeds=embeds)
+    opened, broken = plain.tokens[0, :2].tolist()  # the reply's first two tokens stand for "<think>" and "\n"
+    heard = Heard(1.0, 0, LineEnds(_Pieces(thinker.lm.config.vocab_size, {broken}), [eos]))
+    guided = generate(thinker.lm, ids, max_new_tokens=THINKER_TOKENS, stop_tokens=[eos], inputs_embeds=embeds,
+                      guide=heard.guide(thinker, ids, embeds, opened))
+    assert guided.tokens[0, :2].tolist() == [opened, broken]
+    assert guided.tokens[0].tolist() != plain.tokens[0].tolist()  # the line after them follows the clip's CTC
+    s = session(models, reasoning=(opened, eos - 2, {broken}), heard=heard)
+    said = []
+    with pytest.raises(ValueError, match="think block"):  # the block never closes: all of it is streamed text
+        said.extend(e.token_id for e in s.speak(ids, **media) if isinstance(e, TextDelta))
+    assert said == guided.tokens[0, :guided.lengths[0]].tolist()
+    unguided, said = session(models, reasoning=(opened, eos - 2, {broken})), []
+    with pytest.raises(ValueError, match="think block"):
+        said.extend(e.token_id for e in unguided.speak(ids, **media) if isinstance(e, TextDelta))
+    assert said == plain.tokens[0, :plain.lengths[0]].tolist()
+    with pytest.raises(InputError, match="one prompt at a time"):
+        generate(thinker.lm, ids.repeat(2, 1), max_new_tokens=2, inputs_embeds=embeds.repeat(2, 1, 1),
+                 guide=heard.guide(thinker, ids, embeds, opened))
+    assert heard.guide(thinker, ids[:, :5], embeds[:, :5], opened) is None  # no audio in the prompt
+    two = torch.cat([ids, ids], dim=1)
+    assert heard.guide(thinker, two, torch.cat([embeds, embeds], dim=1), opened) is None  # which clip? none

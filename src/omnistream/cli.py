@@ -12,8 +12,9 @@ import torch
 
 from .config import QWEN35, ConfigError
 from .engine import SamplingParams, stream
+from .engine.heard import Heard, HeardLine
 from .audio.features import AudioError
-from .processor import (QWEN3_OMNI, QWEN35_OMNI, Processor, StreamDecoder, Tokenizer, TokenizerError,
+from .processor import (QWEN3_OMNI, QWEN35_OMNI, THINK_OPEN, Processor, StreamDecoder, Tokenizer, TokenizerError,
                         reasoning_token_ids)
 from .positions import PositionError
 from .thinker import InputError
@@ -47,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--use-audio-in-video", action="store_true",
                      help="also feed each --video's sound track, interleaved with its frames by time "
                           "(needs the audio encoder too)")
+    gen.add_argument("--transcribe", action="store_true",
+                     help="the reply is a transcript of the one --audio: decode it jointly with the audio encoder's "
+                          "CTC reading (a checkpoint whose config names thinker_config.ctc_heard_weight, as the demo "
+                          "model's does; without --transcribe such a checkpoint decodes a think block's first line, "
+                          "the question as heard, so)")
     gen.add_argument("--max-new-tokens", type=int, default=256, metavar="N")
     gen.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 picks greedily (default)")
     gen.add_argument("--top-k", type=int, default=0, metavar="K", help="0 keeps every token (default)")
@@ -205,6 +211,30 @@ def _media_prompt(args: argparse.Namespace, thinker, tokenizer: Tokenizer) -> tu
     return move(prompt.input_ids), media, move(prompt.position_ids)
 
 
+def _stops(tokenizer: Tokenizer, lm) -> list[int]:
+    """End-of-turn ids: the tokenizer's, then the config's others."""
+    return tokenizer.eos_ids + [t for t in lm.config.eos_token_ids if t not in tokenizer.eos_ids]
+
+
+def _heard(args: argparse.Namespace, thinker, tokenizer: Tokenizer) -> Heard | None:
+    """The checkpoint's joint CTC decoding of heard lines, or None; --transcribe needs one."""
+    heard = Heard.from_checkpoint(args.checkpoint, tokenizer, _stops(tokenizer, thinker.lm))
+    if heard is None and getattr(args, "transcribe", False):
+        raise InputError(f"--transcribe: {args.checkpoint} names no CTC reading of its audio encoder "
+                         f"(thinker_config.ctc_heard_weight and ctc_blank_token_id); drop --transcribe and ask for a "
+                         f"transcript in --prompt")
+    return heard
+
+
+def _guide(args: argparse.Namespace, thinker, tokenizer: Tokenizer, input_ids: torch.Tensor,
+           embeds: torch.Tensor) -> HeardLine | None:
+    """The heard-line rule of this prompt: the whole reply with --transcribe, else a think block's first line."""
+    heard = _heard(args, thinker, tokenizer)
+    if heard is None:
+        return None
+    return heard.guide(thinker, input_ids, embeds, tokenizer.token_to_id(THINK_OPEN), transcript=args.transcribe)
+
+
 def run_generate(args: argparse.Namespace) -> None:
     """Load the checkpoint, stream the reply to stdout and a timing line to stderr."""
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -216,12 +246,14 @@ def run_generate(args: argparse.Namespace) -> None:
         raise InputError("--use-audio-in-video needs at least one --video")
     if not args.prompt.strip():
         raise InputError("--prompt is empty")
+    if args.transcribe and (len(args.audio) != 1 or args.video or args.speak is not None):
+        raise InputError("--transcribe writes down one clip: give exactly one --audio, and no --video or --speak")
     sampling = SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.seed)
     if args.speak is not None:
         run_speak(args, sampling)
         return
     tokenizer = Tokenizer(args.checkpoint)
-    embeds = deepstack = positions = None
+    embeds = deepstack = positions = guide = None
     if media:
         thinker = load_omni_thinker(args.checkpoint, DTYPES[args.dtype], args.device)
         _check_media(args, thinker)
@@ -232,6 +264,7 @@ def run_generate(args: argparse.Namespace) -> None:
             embeds, deepstack = thinker.embed(input_ids, **{k: inputs[k] for k in (
                 "audio_features", "audio_lengths", "pixel_values", "image_grid_thw", "pixel_values_videos",
                 "video_grid_thw")})  # (1, S, H)
+        guide = _guide(args, thinker, tokenizer, input_ids, embeds)
     else:
         model, _ = load_thinker(args.checkpoint, DTYPES[args.dtype], args.device)
         start = time.perf_counter()
@@ -239,12 +272,12 @@ def run_generate(args: argparse.Namespace) -> None:
         input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)  # (1, S)
     if args.compile:
         model.compile_decode()
-    stops = tokenizer.eos_ids + [t for t in model.config.eos_token_ids if t not in tokenizer.eos_ids]
+    stops = _stops(tokenizer, model)
     decoder = StreamDecoder(tokenizer)
     first = None
     n = 0
     for token in stream(model, input_ids, max_new_tokens=args.max_new_tokens, sampling=sampling, stop_tokens=stops,
-                        inputs_embeds=embeds, deepstack=deepstack, position_ids=positions):
+                        inputs_embeds=embeds, deepstack=deepstack, position_ids=positions, guide=guide):
         n += 1
         if first is None:
             first = time.perf_counter()
@@ -325,7 +358,7 @@ def run_speak(args: argparse.Namespace, sampling: SamplingParams) -> None:
         input_ids = torch.tensor([ids], dtype=torch.long, device=thinker.lm.device)  # (1, S)
     if args.compile:
         thinker.lm.compile_decode()
-    stops = tokenizer.eos_ids + [t for t in thinker.lm.config.eos_token_ids if t not in tokenizer.eos_ids]
+    stops = _stops(tokenizer, thinker.lm)
     talker_sampling = SpeechSession.reference_sampling() if args.talker_sample else {}
     try:
         session = SpeechSession(thinker, talker, code2wav, tokens, speaker=voice, voice=cloned,
@@ -333,7 +366,8 @@ def run_speak(args: argparse.Namespace, sampling: SamplingParams) -> None:
                                 talker_max_new_tokens=args.max_audio_frames + 1, thinker_sampling=sampling,
                                 seed=args.seed, language=args.language,
                                 max_frames_per_chunk=args.frames_per_chunk,
-                                reasoning=reasoning_token_ids(tokenizer), **talker_sampling)
+                                reasoning=reasoning_token_ids(tokenizer), heard=_heard(args, thinker, tokenizer),
+                                **talker_sampling)
     except ValueError as e:
         raise InputError(str(e)) from None
     decoder = StreamDecoder(tokenizer)
@@ -362,7 +396,8 @@ def run_speak(args: argparse.Namespace, sampling: SamplingParams) -> None:
 
     rtf = f"{(end - start) / seconds:10.3f}" if seconds else "       n/a"
     rows = [("preprocessing", ms("preprocessing")), ("thinker first token", ms("thinker_first_token")),
-            ("talker prefill", ms("talker_prefill")), ("talker first frame", ms("talker_first_frame")), ("MTP per frame", ms("mtp_per_frame")),
+            ("talker prefill", ms("talker_prefill")), ("talker first frame", ms("talker_first_frame")),
+            ("MTP per frame", ms("mtp_per_frame")),
             ("Code2Wav per frame", ms("code2wav_per_frame")), ("first audio packet", ms("first_audio_packet")),
             ("RTF", rtf + "    (processing / audio duration)")]
     print(f"audio {frames} frames, {seconds:.2f} s at {SAMPLE_RATE} Hz -> {args.speak}; {n_text} text tokens; "

@@ -9,6 +9,7 @@ import torch
 
 from ..thinker import InputError, ThinkerLM
 from ..sampling import SamplingParams, sample
+from .heard import HeardLine
 
 
 @dataclass
@@ -23,16 +24,20 @@ def stream(model: ThinkerLM, input_ids: torch.Tensor, attention_mask: torch.Tens
            max_new_tokens: int = 256, sampling: SamplingParams | None = None, stop_tokens: Sequence[int] = (),
            prefill_chunk: int = 2048, cache=None, inputs_embeds: torch.Tensor | None = None,
            deepstack: list[torch.Tensor] | None = None,
-           position_ids: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+           position_ids: torch.Tensor | None = None, guide: HeardLine | None = None) -> Iterator[torch.Tensor]:
     """Yield the next token of every row (B,) as soon as it is chosen; stops when all rows hit a stop token.
 
     Multimodal prompts pass what Thinker.embed returns: `inputs_embeds` (B, S, H) replacing the token embeddings
-    and `deepstack`, with their 3-row `position_ids`; decoding continues from the prompt's largest position."""
+    and `deepstack`, with their 3-row `position_ids`; decoding continues from the prompt's largest position.
+    `guide` (one prompt only) rescores the logits of the line that writes down what the prompt's audio says
+    (engine.heard: joint CTC/attention decoding)."""
     sampling = sampling or SamplingParams()
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     model.check_input_ids(input_ids)
     b, s = input_ids.shape
+    if guide is not None and b != 1:
+        raise InputError(f"heard-line guidance decodes one prompt at a time, got a batch of {b}")
     total = s + max_new_tokens
     limit = model.config.max_position_embeddings
     if s >= limit:
@@ -55,7 +60,11 @@ def stream(model: ThinkerLM, input_ids: torch.Tensor, attention_mask: torch.Tens
     with torch.no_grad():
         logits = model.prefill(input_ids, cache, attention_mask, prefill_chunk, position_ids, inputs_embeds, deepstack)
         for step in range(total - s):
+            if guide is not None:
+                logits = guide(logits)
             token = sample(logits, sampling, seen, generator)
+            if guide is not None:
+                guide.push(int(token[0]))
             if stops.numel():
                 token = torch.where(done, stops[0], token)
                 done = done | torch.isin(token, stops)
@@ -70,10 +79,11 @@ def stream(model: ThinkerLM, input_ids: torch.Tensor, attention_mask: torch.Tens
 def generate(model: ThinkerLM, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
              max_new_tokens: int = 256, sampling: SamplingParams | None = None, stop_tokens: Sequence[int] = (),
              prefill_chunk: int = 2048, cache=None, inputs_embeds: torch.Tensor | None = None,
-             deepstack: list[torch.Tensor] | None = None, position_ids: torch.Tensor | None = None) -> GenerationResult:
+             deepstack: list[torch.Tensor] | None = None, position_ids: torch.Tensor | None = None,
+             guide: HeardLine | None = None) -> GenerationResult:
     """Run `stream` to the end; a row's length counts its stop token."""
     steps = list(stream(model, input_ids, attention_mask, max_new_tokens, sampling, stop_tokens, prefill_chunk,
-                        cache, inputs_embeds, deepstack, position_ids))
+                        cache, inputs_embeds, deepstack, position_ids, guide))
     tokens = torch.stack(steps, dim=1)  # (B, N)
     lengths = []
     for row in tokens.tolist():

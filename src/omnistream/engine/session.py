@@ -18,6 +18,8 @@ Two interleavings (`TalkerConfig.interleave`):
 
 A reply that opens with a think block (`reasoning` ids given: a Qwen3.5 thinking reply, or the demo model's worked
 sums) streams it as text, and the Talker starts at the first token after it: reasoning is shown, never spoken.
+With `heard` (engine.heard), the block's first line, where the demo model writes the spoken question as heard, is
+decoded jointly with the audio encoder's own CTC reading.
 
 Decoding is greedy unless sampling parameters are given (the reference's defaults: `SpeechSession.reference_
 sampling()`); the Talker's repetition penalty (1.05) covers the codes already generated and is applied before
@@ -40,6 +42,7 @@ from ..sampling import SamplingParams, apply_repetition_penalty, sample
 from ..talker import Talker
 from ..thinker import InputError, Thinker
 from ..voice import VoicePrompt, check_voice_prompt
+from .heard import Heard
 from .talker_prompt import Piece, SpeechTokens, TalkerPrompt, talker_positions
 
 SAMPLE_RATE = 24_000
@@ -99,6 +102,9 @@ class _ThinkerRun:
         self.seen = torch.zeros(1, lm.config.vocab_size, dtype=torch.bool, device=lm.device)
         self.seen[0, input_ids[0]] = True
         embeds, deepstack = session.thinker.embed(input_ids, **embed_kwargs)  # (1, S, Ht)
+        self.guide = None
+        if session.heard is not None and session.reasoning is not None and self.reply is None:
+            self.guide = session.heard.guide(session.thinker, input_ids, embeds, session.reasoning[0])
         session.timings["preprocessing"] = time.perf_counter() - session._t0
         logits, out = lm(inputs_embeds=embeds, deepstack=deepstack, position_ids=position_ids, cache=self.cache,
                          logits_to_keep=1, output_hidden_states=True)
@@ -113,7 +119,11 @@ class _ThinkerRun:
             self.tokens.append(self.reply[made])
             self.done = made + 1 == len(self.reply)
             return
+        if self.guide is not None:
+            logits = self.guide(logits)
         token = int(sample(logits, s.thinker_sampling, self.seen, s.generator)[0])
+        if self.guide is not None:
+            self.guide.push(token)
         self.seen[0, token] = True
         self.tokens.append(token)
         self.done = token in s.thinker_eos or made + 1 == s.thinker_max_new_tokens
@@ -152,9 +162,11 @@ class SpeechSession:
                  talker_max_new_tokens: int = 4096, thinker_sampling: SamplingParams | None = None,
                  talker_sampling: SamplingParams | None = None, mtp_sampling: SamplingParams | None = None,
                  seed: int | None = None, language: str | None = None, rate: RateEstimator | None = None,
-                 max_frames_per_chunk: int = 1, reasoning: tuple[int, int, Collection[int]] | None = None):
+                 max_frames_per_chunk: int = 1, reasoning: tuple[int, int, Collection[int]] | None = None,
+                 heard: Heard | None = None):
         self.thinker, self.talker, self.code2wav = thinker, talker, code2wav
         self.reasoning = reasoning  # (<think>, </think>, line-break ids): a think block is shown, never spoken
+        self.heard = heard  # joint CTC decoding of the think block's heard line (not of a given reply)
         self.tokens = tokens or SpeechTokens()
         tc = talker.config
         if tc.num_code_groups != code2wav.config.num_quantizers:

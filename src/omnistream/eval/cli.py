@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=256, metavar="N", help="most reply tokens per item")
     p.add_argument("--max-audio-frames", type=int, default=600, metavar="N",
                    help="most codec frames (12.5 per second) per spoken reply")
+    p.add_argument("--ctc-weight", type=float, metavar="W",
+                   help="weight in [0, 1] of the audio encoder's CTC reading in decoding a transcript or a think "
+                        "block's heard line (0: the LM alone; default: the checkpoint's, 0.7 for --stage)")
     return p
 
 
@@ -126,6 +129,8 @@ def run(args: argparse.Namespace) -> Path:
                         "the judge's floor)")
     if args.max_new_tokens < 1 or args.max_audio_frames < 1:
         raise EvalError("--max-new-tokens and --max-audio-frames must be at least 1")
+    if args.ctc_weight is not None and not 0.0 <= args.ctc_weight <= 1.0:
+        raise EvalError(f"--ctc-weight {args.ctc_weight}: give a weight in [0, 1]")
     tasks = _to_task_list(args.tasks)
     if args.stage is not None:
         spoken = sorted(set(tasks or ()) & set(TTS_TASKS))
@@ -154,6 +159,8 @@ def run(args: argparse.Namespace) -> Path:
         runner = ModelRunner(args.checkpoint, args.device, args.max_new_tokens, args.max_audio_frames)
     for item in items:
         runner.check_media(item)
+    if args.ctc_weight is not None:
+        runner.use_ctc_weight(args.ctc_weight)
     twin = None
     if args.twin and speech_out:
         twin = ModelRunner(args.twin, args.device, args.max_new_tokens, args.max_audio_frames)
@@ -164,7 +171,8 @@ def run(args: argparse.Namespace) -> Path:
     results["meta"] = {"checkpoint": model, "twin": args.twin, "data": str(args.data),
                        "split": args.split, "judge": _judge_meta(judge),
                        "speaker": None if speaker is None else "Resemblyzer VoiceEncoder",
-                       "device": args.device, "seconds": time.perf_counter() - start}
+                       "device": args.device, "seconds": time.perf_counter() - start,
+                       "ctc_weight": None if runner.heard is None else runner.heard.weight}
     return write_report(results, out)
 
 

@@ -136,6 +136,10 @@ def write_report(results: dict, out: str | Path) -> Path:
            f"- speech judge: {meta.get('judge') or 'none (--no-judge)'}; speaker encoder: "
            f"{meta.get('speaker') or 'none (--no-speaker)'}",
            f"- took {meta.get('seconds', float('nan')):.0f} s on {meta.get('device')}", ""]
+    if "ctc_weight" in meta:
+        md.insert(-2, "- heard lines (transcripts, a think block's first line) decoded " +
+                  (f"jointly with the audio's CTC reading at weight {meta['ctc_weight']}" if meta["ctc_weight"]
+                   else "by the LM alone"))
 
     if "floor" in results:
         per = results["floor"]["per_language"]

@@ -13,7 +13,7 @@ Thinker training stage's checkpoint instead, to measure the recipe between its s
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +21,9 @@ import torch
 
 from ..config import QWEN35, ConfigError
 from ..engine.generate import generate
+from ..engine.heard import HEARD_WEIGHT, Heard, LineEnds
 from ..engine.session import SpeechSession
-from ..processor import QWEN3_OMNI, QWEN35_OMNI, TICKS_PER_SECOND, Processor, Tokenizer, split_reasoning
+from ..processor import QWEN3_OMNI, QWEN35_OMNI, THINK_OPEN, TICKS_PER_SECOND, Processor, Tokenizer, split_reasoning
 from ..thinker import InputError
 from ..train.thinker_data import IMAGE_PIXELS, VIDEO_PIXELS
 from ..weights import load_omni, position_ticks
@@ -60,6 +61,7 @@ class ModelRunner:
         thinker, self.talker, self.code2wav, self.tokens = load_omni(self.directory, torch.float32, device)
         self._attach(thinker, Tokenizer(self.directory), device, max_new_tokens,
                      position_ticks(self.directory))
+        self.heard = Heard.from_checkpoint(self.directory, self.tokenizer, self.stops)
         self.max_audio_frames = max_audio_frames
         self.speakers = {k.lower(): k for k in self.talker.config.speaker_id}
         self.interleave = self.talker.config.interleave
@@ -105,6 +107,7 @@ class ModelRunner:
         runner.talker = runner.code2wav = runner.tokens = runner.interleave = None
         runner._attach(thinker.to(device).eval(), tokenizer, device, max_new_tokens, TICKS_PER_SECOND)
         runner.max_audio_frames, runner.speakers = 0, {}
+        runner.heard = Heard(HEARD_WEIGHT, ids["pad_token_id"], LineEnds(tokenizer, runner.stops))
         return runner
 
     def _attach(self, thinker, tokenizer: Tokenizer, device: str, max_new_tokens: int, ticks: float) -> None:
@@ -121,6 +124,15 @@ class ModelRunner:
         if not self.stops:
             raise ConfigError(f"{self.directory}: neither the tokenizer nor the config names an end-of-turn token")
         self._codec = None
+        self.think_open = self.tokenizer.token_to_id(THINK_OPEN)
+
+    def use_ctc_weight(self, weight: float) -> None:
+        """Decode heard lines (transcripts, a think block's first line) at CTC weight `weight` (0: the LM alone)."""
+        if self.heard is not None:
+            self.heard = replace(self.heard, weight=weight)
+        elif weight:
+            raise InputError(f"{self.directory}: its audio encoder has no CTC reading (its config names no "
+                             f"thinker_config.ctc_blank_token_id), so a CTC weight cannot apply")
 
     # ------------------------------------------------------------------ inputs
     def _prompt(self, item: dict):
@@ -148,12 +160,15 @@ class ModelRunner:
     # ------------------------------------------------------------------ text
     @torch.no_grad()
     def text(self, item: dict) -> tuple[str, str, float]:
-        """The Thinker's greedy (think block, answer) to the item, special tokens dropped, and the seconds it took."""
+        """The Thinker's greedy (think block, answer) to the item, special tokens dropped, and the seconds it took;
+        a transcript or a think block's heard line is decoded jointly with the audio's CTC reading (self.heard)."""
         start = time.perf_counter()
         input_ids, media, _, positions = self._prompt(item)
         embeds, deepstack = self.thinker.embed(input_ids, **media)
+        guide = None if self.heard is None else self.heard.guide(self.thinker, input_ids, embeds, self.think_open,
+                                                                 transcript=item["task"] == "transcribe")
         out = generate(self.thinker.lm, input_ids, max_new_tokens=self.max_new_tokens, stop_tokens=self.stops,
-                       inputs_embeds=embeds, deepstack=deepstack, position_ids=positions)
+                       inputs_embeds=embeds, deepstack=deepstack, position_ids=positions, guide=guide)
         ids = out.tokens[0, :out.lengths[0]].tolist()
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         return *split_reasoning(text), time.perf_counter() - start

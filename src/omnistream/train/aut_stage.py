@@ -6,12 +6,12 @@ encoder runs and trains: each clip of the dataset whose words are known (transcr
 inputs, and every target speech: spoken answers, read-aloud and cloned sentences) is encoded, and a CTC loss ties
 its tokens to the token ids of what it says.
 
-The CTC classifier is the warm LM's own input-embedding table (cosine similarity x CTC_SCALE; the pad id is the
-blank; the table is a fixed target, it gets no gradient): an audio token learns to point at the word it hears in
-the space the LM reads, so S1 starts from an encoder whose tokens already look like the text they say. Without
-the LM in the step, a step costs a fraction of a Thinker step and sees four times the clips (measured: after 1200
-S2 steps with CTC as an auxiliary loss the encoder's own greedy CTC transcripts were still 57-74% wrong).
-Thinker S1 and S2 keep the same CTC term (`ctc_loss`) beside their next-token loss.
+The CTC classifier is the warm LM's own input-embedding table (engine.heard.ctc_log_probs: cosine similarity x
+CTC_SCALE; the pad id is the blank; the table is a fixed target, it gets no gradient): an audio token learns to
+point at the word it hears in the space the LM reads, so S1 starts from an encoder whose tokens already look like
+the text they say. Without the LM in the step, a step costs a fraction of a Thinker step and sees four times the
+clips (measured: after 1200 S2 steps with CTC as an auxiliary loss the encoder's own greedy CTC transcripts were
+still 57-74% wrong). Thinker S1 and S2 keep the same CTC term (`ctc_loss`) beside their next-token loss.
 
 Augmentation (on by default), because the encoder must hear voices it never trained on: every clip is played at a
 random speed (x0.85-1.15, pitch and tempo together, as Kaldi's speed perturbation) and its log-mel gets SpecAugment
@@ -43,6 +43,7 @@ from torch import nn
 from ..audio.features import log_mel
 from ..audio.io import load_audio
 from ..data import read_items
+from ..engine.heard import ctc_log_probs
 from ..processor import Tokenizer
 from ..thinker import Thinker
 from . import distributed as dist
@@ -51,7 +52,6 @@ from .thinker_data import audio_source, spoken_text
 from .tokenizer import special_ids
 
 DRILL_FILE = "numbers.jsonl"  # number drills beside the split, used when present
-CTC_SCALE = 20.0  # cosine-similarity logit scale of the CTC classifier
 SPEEDS = (0.85, 1.15)  # range of the speed perturbation
 MEL_MASKS, MEL_MASK_BINS = 2, 16  # SpecAugment frequency masks
 TIME_MASKS, TIME_MASK_FRAMES = 2, 20  # SpecAugment time masks
@@ -63,11 +63,6 @@ def embedding_table(thinker: Thinker) -> torch.Tensor:
     return table.full_tensor() if hasattr(table, "full_tensor") else table
 
 
-def _target_table(thinker: Thinker) -> torch.Tensor:
-    """The CTC classifier: the LM's input embeddings, unit length, fp32, detached (V, H): a fixed target space."""
-    return F.normalize(embedding_table(thinker).float(), dim=-1)
-
-
 def ctc_loss(thinker: Thinker, tokens: torch.Tensor, audio_lengths: list[int], spoken: list[list[int] | None],
              norm: float, blank: int) -> torch.Tensor:
     """CTC of packed audio tokens (sum of tokens, H) of audios of `audio_lengths` mel frames against each audio's
@@ -76,8 +71,8 @@ def ctc_loss(thinker: Thinker, tokens: torch.Tensor, audio_lengths: list[int], s
     keep = [(t, said) for t, said in zip(tokens.split(counts), spoken) if said]
     if not keep:
         return tokens.sum() * 0.0
-    table = _target_table(thinker)
-    logp = [F.log_softmax(CTC_SCALE * F.normalize(t.float(), dim=-1) @ table.T, dim=-1) for t, _ in keep]
+    table = embedding_table(thinker)
+    logp = [ctc_log_probs(t, table) for t, _ in keep]  # each (n, V)
     padded = torch.nn.utils.rnn.pad_sequence(logp)  # (T, N, V)
     targets = torch.tensor([i for _, said in keep for i in said], device=padded.device)
     total = F.ctc_loss(padded, targets, torch.tensor([len(x) for x in logp]), torch.tensor([len(s) for _, s in keep]),
@@ -87,7 +82,7 @@ def ctc_loss(thinker: Thinker, tokens: torch.Tensor, audio_lengths: list[int], s
 
 def ctc_greedy(thinker: Thinker, tokens: torch.Tensor, blank: int) -> list[int]:
     """The greedy CTC reading of one audio's tokens (n, H): best id per token, repeats merged, blanks dropped."""
-    best = (F.normalize(tokens.float(), dim=-1) @ _target_table(thinker).T).argmax(-1).tolist()
+    best = ctc_log_probs(tokens, embedding_table(thinker)).argmax(-1).tolist()
     return [b for j, b in enumerate(best) if b != blank and (j == 0 or b != best[j - 1])]
 
 

@@ -1,0 +1,215 @@
+"""Joint CTC/attention decoding of what the Thinker heard: the audio encoder's own CTC reading guides the line of a
+reply that writes down a clip's words (Watanabe et al. 2017, "Hybrid CTC/Attention Architecture for End-to-End
+Speech Recognition"; here greedy, one hypothesis).
+
+AuT pretraining teaches the audio encoder a CTC reading in the LM's own token space (train/aut_stage.py: cosine
+similarity to the input-embedding table x CTC_SCALE, the pad id as the blank), and S1 / S2 keep that loss, so every
+audio token the Thinker reads is also a distribution over the words it says. The LM, reading those tokens, can
+still write a word the audio does not say ("after thirty-one" as "after thirteen"); the encoder's reading alone
+drops short words. Joint decoding takes the LM's top-k next tokens and scores each by
+
+    (1 - w) * log p_LM(token) + w * (log psi(prefix + token) - log psi(prefix))
+
+where psi is the CTC prefix probability of the line written so far (every alignment of the clip whose reading
+starts with it); a token that ends the line scores the CTC probability of the whole line instead. Outside the line
+the LM's logits pass unchanged. The line is a transcript (a transcribe reply, from its first token), or the first
+line of a think block (`<think>` then a line break), where the demo model writes a spoken question as heard before
+working on it. `Heard` holds the weight w (a checkpoint's config: thinker_config.ctc_heard_weight) and builds one
+`HeardLine` rule per prompt; generate.stream and SpeechSession apply it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from ..thinker import InputError
+
+if TYPE_CHECKING:
+    from ..processor import Tokenizer
+    from ..thinker import Thinker
+
+CTC_SCALE = 20.0  # cosine-similarity logit scale of the CTC classifier (AuT pretraining trains with it)
+HEARD_WEIGHT = 0.7  # w: chosen on a dev split of spoken questions (0 / 0.3 / 0.5 / 0.7 / 0.9)
+TOP_K = 8  # LM candidates rescored per step
+NEG = -math.inf
+
+
+def ctc_log_probs(tokens: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """CTC log-probabilities (T, V) of audio tokens (T, H) over the vocabulary of an embedding table (V, H)."""
+    unit = F.normalize(table.float(), dim=-1)
+    return F.log_softmax(CTC_SCALE * F.normalize(tokens.float(), dim=-1) @ unit.T, dim=-1)
+
+
+def _scan(start: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """The recursion r[t] = logaddexp(r[t-1], start[t]) + step[t] (r[-1] = -inf) solved at once (T, K)."""
+    total = step.cumsum(0)  # (T, K)
+    return total + torch.logcumsumexp(start + step - total, dim=0)
+
+
+def _extend(x: torch.Tensor, blank: int, r_n: torch.Tensor, r_b: torch.Tensor, last: int | None,
+            tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A prefix's state (r_n, r_b: (T,) log-probs of it ending at frame t on its last label / on a blank; `last`
+    its last label, None when empty) extended by each candidate c (K,): log psi(prefix + c) (K,), r_n, r_b (T, K)."""
+    x_c = x[:, tokens]  # (T, K)
+    either = torch.logaddexp(r_n, r_b)[:, None].expand_as(x_c)
+    repeat = tokens == (-1 if last is None else last)  # (K,): a repeated label needs a blank between
+    before = torch.where(repeat[None, :], r_b[:, None], either)  # (T, K): c may follow at t + 1
+    first = x_c[:1] if last is None else torch.full_like(x_c[:1], NEG)  # (1, K)
+    enter = torch.cat([first, before[:-1] + x_c[1:]])  # (T, K): c's first frame is t
+    new_n = _scan(enter - x_c, x_c)  # c held from its first frame to t
+    new_b = _scan(torch.cat([torch.full_like(new_n[:1], NEG), new_n[:-1]]),
+                  x[:, blank, None].expand_as(x_c))  # then blanks up to t
+    return torch.logsumexp(enter, dim=0), new_n, new_b
+
+
+class PrefixScore:
+    """CTC prefix scores of one clip for a label prefix that grows one token at a time (Watanabe et al. 2017)."""
+
+    def __init__(self, log_probs: torch.Tensor, blank: int):
+        if log_probs.ndim != 2 or log_probs.shape[0] == 0:
+            raise InputError(f"CTC log-probabilities must be (T, V) with T >= 1, got {tuple(log_probs.shape)}")
+        self.x = log_probs.double()  # (T, V)
+        self.blank = blank
+        self.prefix: list[int] = []
+        self.r_n = torch.full((self.x.shape[0],), NEG, dtype=torch.float64)
+        self.r_b = self.x[:, blank].cumsum(0)
+        self.score = 0.0  # log psi(prefix); the empty prefix is certain
+
+    @property
+    def _last(self) -> int | None:
+        return self.prefix[-1] if self.prefix else None
+
+    def scores(self, tokens: list[int]) -> torch.Tensor:
+        """log psi(prefix + c) - log psi(prefix) of each candidate token c (K,)."""
+        return _extend(self.x, self.blank, self.r_n, self.r_b, self._last, torch.tensor(tokens))[0] - self.score
+
+    def push(self, token: int) -> None:
+        """Append `token` to the prefix."""
+        psi, r_n, r_b = _extend(self.x, self.blank, self.r_n, self.r_b, self._last, torch.tensor([token]))
+        self.prefix.append(token)
+        self.r_n, self.r_b, self.score = r_n[:, 0], r_b[:, 0], float(psi[0])
+
+    def complete(self, tail: tuple[int, ...] = ()) -> float:
+        """log P_CTC(the clip says exactly prefix + tail): the prefix and tail as the whole transcript."""
+        r_n, r_b, last = self.r_n, self.r_b, self._last
+        for token in tail:
+            _, r_n, r_b = _extend(self.x, self.blank, r_n, r_b, last, torch.tensor([token]))
+            r_n, r_b, last = r_n[:, 0], r_b[:, 0], token
+        return float(torch.logaddexp(r_n[-1], r_b[-1]))
+
+
+class LineEnds:
+    """The tokens that end a written line, each with the ids of its text before the break ("?\\n" -> the ids of
+    "?"); the stop tokens end it with no text."""
+
+    def __init__(self, tokenizer: Tokenizer, stops: list[int] | tuple[int, ...] = ()):
+        self.text: dict[int, tuple[int, ...]] = {}
+        self.breaks: set[int] = set()  # tokens that are exactly one line break
+        for i in range(tokenizer.vocab_size):
+            s = tokenizer.decode([i], skip_special_tokens=False)
+            if "\n" not in s or "\ufffd" in s:
+                continue
+            head = s.split("\n", 1)[0]
+            self.text[i] = tuple(tokenizer.encode(head)) if head.strip() else ()
+            if s == "\n":
+                self.breaks.add(i)
+        for stop in stops:
+            self.text[int(stop)] = ()
+        self.ids = torch.tensor(sorted(self.text))  # (E,)
+
+
+class HeardLine:
+    """A logits rule for one prompt: inside its line, the LM's top-k tokens and its likeliest line end are
+    rescored with the clip's CTC prefix scores (all others -inf); elsewhere logits pass unchanged."""
+
+    def __init__(self, log_probs: torch.Tensor, blank: int, think_open: int | None, line_ends: LineEnds,
+                 weight: float = HEARD_WEIGHT, top_k: int = TOP_K):
+        if not 0.0 <= weight <= 1.0:
+            raise InputError(f"the CTC weight must lie in [0, 1], got {weight}")
+        self.prefix = PrefixScore(log_probs, blank)
+        self.think_open, self.ends = think_open, line_ends
+        self.weight, self.top_k = weight, top_k
+        self.state = "line" if think_open is None else "before"  # before -> opened -> line -> done
+
+    @property
+    def active(self) -> bool:
+        """True while the next token belongs to the heard line."""
+        return self.state == "line"
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """Joint scores (1, V) in place of the LM's next-token logits (1, V) while in the line."""
+        if not self.active or self.weight == 0.0:
+            return logits
+        if logits.shape[0] != 1:
+            raise InputError(f"heard-line guidance decodes one prompt at a time, got a batch of {logits.shape[0]}")
+        lm = F.log_softmax(logits[0].float(), dim=-1).double()  # (V,)
+        top = lm.topk(min(self.top_k, lm.numel())).indices.tolist()
+        end = int(self.ends.ids[lm[self.ends.ids].argmax()]) if len(self.ends.ids) else None
+        words = [t for t in top if t not in self.ends.text]
+        finals = sorted({t for t in top if t in self.ends.text} | ({end} if end is not None else set()))
+        out = torch.full_like(lm, NEG)
+        w = self.weight
+        if words:
+            ctc = self.prefix.scores(words)
+            out[words] = (1 - w) * lm[words] + w * ctc
+        for t in finals:
+            out[t] = (1 - w) * lm[t] + w * (self.prefix.complete(self.ends.text[t]) - self.prefix.score)
+        return out[None].to(logits.dtype)
+
+    def push(self, token: int) -> None:
+        """Follow the reply: `token` was chosen."""
+        if self.state == "before":
+            self.state = "opened" if token == self.think_open else "before"
+        elif self.state == "opened":
+            self.state = "line" if token in self.ends.breaks else "done"
+        elif self.state == "line":
+            if token in self.ends.text:
+                self.state = "done"
+            else:
+                self.prefix.push(token)
+
+
+@dataclass
+class Heard:
+    """Joint decoding of heard lines at CTC weight `weight` (blank: the CTC blank id, the tokenizer's pad)."""
+
+    weight: float
+    blank: int
+    line_ends: LineEnds = field(repr=False)
+    top_k: int = TOP_K
+
+    def __post_init__(self):
+        if not 0.0 <= self.weight <= 1.0:
+            raise InputError(f"the CTC weight must lie in [0, 1], got {self.weight}")
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path, tokenizer: Tokenizer, stops) -> Heard | None:
+        """The checkpoint's joint decoding (thinker_config.ctc_heard_weight, ctc_blank_token_id), or None when its
+        config names none (a reference checkpoint: its encoder has no CTC reading)."""
+        config = json.loads((Path(directory) / "config.json").read_text()).get("thinker_config", {})
+        weight, blank = config.get("ctc_heard_weight"), config.get("ctc_blank_token_id")
+        if weight is None or blank is None:
+            return None
+        return cls(float(weight), int(blank), LineEnds(tokenizer, stops))
+
+    def guide(self, thinker: Thinker, input_ids: torch.Tensor, embeds: torch.Tensor, think_open: int | None,
+              transcript: bool = False) -> HeardLine | None:
+        """The rule for one prompt (1, S) whose embeddings (1, S, H) hold exactly one audio's tokens, or None
+        when it holds no audio or several; `transcript`: the reply is the transcript, else the think block's
+        first line."""
+        if input_ids.shape[0] != 1:
+            raise InputError(f"heard-line guidance decodes one prompt at a time, got a batch of {input_ids.shape[0]}")
+        slots = input_ids[0] == thinker.audio_token_id  # (S,)
+        runs = int(slots[0]) + int((slots[1:] & ~slots[:-1]).sum())
+        if runs != 1 or self.weight == 0.0:
+            return None
+        log_probs = ctc_log_probs(embeds[0][slots], thinker.lm.model.embed_tokens.weight.detach())  # (T, V)
+        return HeardLine(log_probs, self.blank, None if transcript else think_open, self.line_ends, self.weight,
+                         self.top_k)
