@@ -87,7 +87,7 @@ def test_export_runs_in_the_demo(recipe, tmp_path, capsys):
                 "--max-audio-frames", "20"]) == 0
     assert out.stat().st_size > 44 and "first audio packet" in capsys.readouterr().err
     said = ["generate", "--checkpoint", str(demo), "--audio", str(demo / "question.wav"), "--prompt",
-            "Transcribe the audio.", "--max-new-tokens", "6"]
+            "Transcribe this audio.", "--max-new-tokens", "6"]
     assert run(said + ["--transcribe"]) == 0 and "generated" in capsys.readouterr().err
     foreign = tmp_path / "foreign"  # a checkpoint whose encoder has no CTC reading (as a reference one)
     shutil.copytree(demo, foreign)
