@@ -152,7 +152,7 @@ class HeardLine:
         lm = F.log_softmax(logits[0].float(), dim=-1).double()  # (V,)
         top = lm.topk(min(self.top_k, lm.numel())).indices.tolist()
         end = int(self.ends.ids[lm[self.ends.ids].argmax()]) if len(self.ends.ids) else None
-        words = [t for t in top if t not in self.ends.text]
+        words = [t for t in top if t not in self.ends.text and t != self.prefix.blank]  # the blank is no word
         finals = sorted({t for t in top if t in self.ends.text} | ({end} if end is not None else set()))
         out = torch.full_like(lm, NEG)
         w = self.weight
