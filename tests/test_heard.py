@@ -10,8 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from omnistream.engine import generate
-from omnistream.engine.heard import Heard, HeardLine, LineEnds, PrefixScore, ctc_log_probs
+from omnistream.engine.heard import HeardLine, LineEnds, PrefixScore, ctc_log_probs
 from omnistream.processor import Tokenizer
 from omnistream.thinker import InputError
 from tokenizer_fixture import build_tokenizer
