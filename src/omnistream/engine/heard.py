@@ -47,6 +47,12 @@ def ctc_log_probs(tokens: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(CTC_SCALE * F.normalize(tokens.float(), dim=-1) @ unit.T, dim=-1)
 
 
+def _check_weight(weight: float) -> None:
+    """Refuse a CTC weight outside [0, 1]."""
+    if not 0.0 <= weight <= 1.0:
+        raise InputError(f"the CTC weight must lie in [0, 1], got {weight}")
+
+
 def _scan(start: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     """The recursion r[t] = logaddexp(r[t-1], start[t]) + step[t] (r[-1] = -inf) solved at once (T, K)."""
     total = step.cumsum(0)  # (T, K)
@@ -131,8 +137,7 @@ class HeardLine:
 
     def __init__(self, log_probs: torch.Tensor, blank: int, think_open: int | None, line_ends: LineEnds,
                  weight: float = HEARD_WEIGHT, top_k: int = TOP_K):
-        if not 0.0 <= weight <= 1.0:
-            raise InputError(f"the CTC weight must lie in [0, 1], got {weight}")
+        _check_weight(weight)
         self.prefix = PrefixScore(log_probs, blank)
         self.think_open, self.ends = think_open, line_ends
         self.weight, self.top_k = weight, top_k
@@ -186,8 +191,7 @@ class Heard:
     top_k: int = TOP_K
 
     def __post_init__(self):
-        if not 0.0 <= self.weight <= 1.0:
-            raise InputError(f"the CTC weight must lie in [0, 1], got {self.weight}")
+        _check_weight(self.weight)
 
     @classmethod
     def from_checkpoint(cls, directory: str | Path, tokenizer: Tokenizer, stops) -> Heard | None:

@@ -71,11 +71,11 @@ def ctc_loss(thinker: Thinker, tokens: torch.Tensor, audio_lengths: list[int], s
     keep = [(t, said) for t, said in zip(tokens.split(counts), spoken) if said]
     if not keep:
         return tokens.sum() * 0.0
-    table = embedding_table(thinker)
-    logp = [ctc_log_probs(t, table) for t, _ in keep]  # each (n, V)
+    lengths = [len(t) for t, _ in keep]
+    logp = ctc_log_probs(torch.cat([t for t, _ in keep]), embedding_table(thinker)).split(lengths)  # each (n, V)
     padded = torch.nn.utils.rnn.pad_sequence(logp)  # (T, N, V)
     targets = torch.tensor([i for _, said in keep for i in said], device=padded.device)
-    total = F.ctc_loss(padded, targets, torch.tensor([len(x) for x in logp]), torch.tensor([len(s) for _, s in keep]),
+    total = F.ctc_loss(padded, targets, torch.tensor(lengths), torch.tensor([len(s) for _, s in keep]),
                        blank=blank, reduction="sum", zero_infinity=True)
     return total / norm
 
