@@ -46,7 +46,7 @@ def offline(directory, prompt=PROMPT, system=None, raw=False, max_new_tokens=24)
     else:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         ids = tok.encode_chat(messages)
-    stops = tok.eos_ids + [t for t in model.config.eos_token_ids if t not in tok.eos_ids]
+    stops = tok.stop_ids(model.config.eos_token_ids)
     result = generate(model, torch.tensor([ids]), max_new_tokens=max_new_tokens, stop_tokens=stops)
     tokens = result.tokens[0, :result.lengths[0]].tolist()
     return tok.decode(tokens), tokens

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import itertools
 import math
+import zlib
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from omnistream.config import tiny_qwen35
 from omnistream.engine.heard import HeardLine, LineEnds, PrefixScore, ctc_log_probs
 from omnistream.processor import Tokenizer
-from omnistream.thinker import InputError
+from omnistream.thinker import InputError, ThinkerLM
 from tokenizer_fixture import build_tokenizer
 
 
@@ -153,3 +155,108 @@ def test_ctc_log_probs_are_a_distribution_over_the_table():
     assert lp.shape == (7, 30)
     torch.testing.assert_close(lp.exp().sum(-1), torch.ones(7))
     assert torch.equal(lp.argmax(-1), (F.normalize(tokens, dim=-1) @ F.normalize(table, dim=-1).T).argmax(-1))
+
+
+class _Histories:
+    """A stand-in inference cache whose rows are the token histories they have decoded."""
+
+    def __init__(self, rows, max_len):
+        self.h, self.max_len, self.length = list(rows), max_len, 0
+
+    def rows(self, idx):
+        out = _Histories([self.h[i] for i in idx.tolist()], self.max_len)
+        out.length = self.length
+        return out
+
+    def reorder_(self, idx):
+        self.h = [self.h[i] for i in idx.tolist()]
+
+
+class _HistoryLM:
+    """A stand-in LM whose next-token logits are a fixed random function of the history."""
+
+    def __init__(self, vocab_size):
+        self.v = vocab_size
+
+    def logits(self, history):
+        seed = zlib.crc32(repr(tuple(history)).encode())
+        return 3 * torch.randn(self.v, generator=torch.Generator().manual_seed(seed))
+
+    def decode(self, tokens, cache):
+        cache.h = [h + (int(t),) for h, t in zip(cache.h, tokens)]
+        cache.length += 1
+        return torch.stack([self.logits(h) for h in cache.h])
+
+
+def _exhaustive(line, lm, room):
+    """The best (joint score, line) over every line the candidate rule allows, of at most room - 1 words."""
+    best = (-math.inf, None)
+
+    def visit(history, prefix, score):
+        nonlocal best
+        tokens, joint = line._candidates(lm.logits(history), prefix)
+        for t, j in zip(tokens, joint.tolist()):
+            if j == -math.inf:
+                continue
+            if t in line.ends.text:
+                best = max(best, (score + j, list(history) + [t]))
+            elif len(history) < room - 1:
+                grown = prefix.copy()
+                grown.push(t)
+                visit(history + (t,), grown, score + j)
+
+    visit((), line.prefix, 0.0)
+    return best
+
+
+def _searched(line, lm, room):
+    line.attach(lm, _Histories([()], room + 1))
+    line(lm.logits(())[None])
+    return line.plan
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_wide_beam_finds_the_best_line_and_a_beam_of_one_is_greedy(tokenizer, seed):
+    lm, room = _HistoryLM(tokenizer.vocab_size), 4
+    x = _log_probs(10, tokenizer.vocab_size, seed=10 + seed)
+    eos = tokenizer.token_to_id("<|im_end|>")
+    ends = LineEnds(tokenizer, [eos])
+    make = lambda beam: HeardLine(x, tokenizer.pad_id, None, ends, weight=0.6, top_k=3, beam=beam)  # noqa: E731
+    score, best = _exhaustive(make(1), lm, room)
+    assert best is not None and best[-1] in ends.text
+    assert _searched(make(1000), lm, room) == best
+    greedy, history, long = make(1), (), 16
+    while greedy.active and len(history) < long:
+        token = int(greedy(lm.logits(history)[None]).argmax())
+        greedy.push(token)
+        history += (token,)
+    one = make(1)  # a beam of one is never searched (the rule is greedy step by step); searching it gives the same
+    one.attach(lm, _Histories([()], long + 1))
+    assert one._search(lm.logits(())[None]) == (list(history) if history[-1] in ends.text else [])
+    narrow = make(2)
+    plan = _searched(narrow, lm, long)
+    assert plan and plan[-1] in ends.text
+    for token in list(plan):  # the rule hands out the searched line, token by token, then lets the reply go on
+        out = narrow(torch.randn(1, tokenizer.vocab_size))
+        assert int(out.argmax()) == token and int(torch.isfinite(out).sum()) == 1
+        narrow.push(token)
+    assert not narrow.active and narrow.prefix.prefix == plan[:-1]
+
+
+def test_cache_rows_follow_their_parents():
+    torch.manual_seed(0)
+    model = ThinkerLM(tiny_qwen35()).eval()
+    assert {"linear_attention", "full_attention"} <= set(model.config.layer_types)
+    ids = torch.randint(0, model.config.vocab_size, (2, 11))
+    cache = model.new_cache(2, 32)
+    model.prefill(ids, cache)
+    step = torch.tensor([5, 9])
+    copy = cache.rows(torch.tensor([0, 1]))
+    expected = model.decode(step, copy)  # (2, V)
+    assert copy.length == cache.length + 1 and not torch.equal(copy.valid, cache.valid)  # the copy is its own
+    picked = cache.rows(torch.tensor([1, 1, 0]))
+    torch.testing.assert_close(model.decode(step[[1, 1, 0]], picked), expected[[1, 1, 0]], rtol=0, atol=1e-6)
+    cache.reorder_(torch.tensor([1, 0]))
+    torch.testing.assert_close(model.decode(step[[1, 0]], cache), expected[[1, 0]], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="3 rows"):
+        cache.reorder_(torch.tensor([0, 1, 1]))

@@ -70,6 +70,7 @@ def test_special_tokens_and_eos_ids(tok):
     im_start, im_end, eot = (tok.token_to_id(t) for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>"))
     assert None not in (im_start, im_end, eot)
     assert tok.eos_ids == [im_end, eot]
+    assert tok.stop_ids([eot, 7, im_end, 9]) == [im_end, eot, 7, 9] and tok.stop_ids([]) == tok.eos_ids
     assert tok.pad_id == eot
     assert tok.token_to_id("<never-in-vocab>") is None
     ids = tok.encode_chat([{"role": "user", "content": "hi"}], enable_thinking=False)

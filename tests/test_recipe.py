@@ -9,7 +9,7 @@ import torch
 
 from omnistream import cli
 from omnistream.data import synthesize
-from omnistream.engine.heard import HEARD_WEIGHT
+from omnistream.engine.heard import HEARD_BEAM, HEARD_WEIGHT
 from omnistream.processor import Tokenizer
 from omnistream.train.tokenizer import special_ids
 
@@ -81,7 +81,7 @@ def test_export_runs_in_the_demo(recipe, tmp_path, capsys):
     assert set(settings["aria_frames_per_token"]) == {"en", "zh", "es"}
     thinker = configs[0]["thinker_config"]  # its encoder's CTC reading decodes heard lines (engine.heard)
     assert thinker["ctc_heard_weight"] == HEARD_WEIGHT and thinker["ctc_blank_token_id"] == special_ids(
-        Tokenizer(demo))["pad_token_id"]
+        Tokenizer(demo))["pad_token_id"] and thinker["ctc_heard_beam"] == HEARD_BEAM
     out = tmp_path / "answer.wav"
     assert run(["demo", "--checkpoint", str(demo), "--out", str(out), "--max-new-tokens", "6",
                 "--max-audio-frames", "20"]) == 0
@@ -159,11 +159,13 @@ def test_a_thinker_stage_is_evaluated_in_text(recipe, tmp_path, capsys):
     assert {"asr", "questions", "image_qa", "video"} <= results.keys() and "tts" not in results
     assert "stage thinker-s3, text only" in results["meta"]["checkpoint"]
     assert results["meta"]["ctc_weight"] == HEARD_WEIGHT and runner.heard.weight == HEARD_WEIGHT
-    assert f"CTC reading at weight {HEARD_WEIGHT}" in (out / "report.md").read_text()
+    assert results["meta"]["ctc_beam"] == HEARD_BEAM == runner.heard.beam
+    assert f"CTC reading at weight {HEARD_WEIGHT}, beam {HEARD_BEAM}" in (out / "report.md").read_text()
     plain = tmp_path / "plain"
-    assert eval_main(["--stage", str(work / "thinker-s3"), "--out", str(plain), "--ctc-weight", "0", "--tasks",
-                      "transcribe"] + common) == 0
-    assert json.loads((plain / "results.json").read_text())["meta"]["ctc_weight"] == 0.0
+    assert eval_main(["--stage", str(work / "thinker-s3"), "--out", str(plain), "--ctc-weight", "0", "--ctc-beam",
+                      "1", "--tasks", "transcribe"] + common) == 0
+    meta = json.loads((plain / "results.json").read_text())["meta"]
+    assert meta["ctc_weight"] == 0.0 and meta["ctc_beam"] == 1
     assert "decoded by the LM alone" in (plain / "report.md").read_text()
     bare = tmp_path / "bare" / "thinker-s3"
     shutil.copytree(work / "thinker-s3", bare)
@@ -172,7 +174,8 @@ def test_a_thinker_stage_is_evaluated_in_text(recipe, tmp_path, capsys):
              (["--stage", str(work / "thinker-s3"), "--checkpoint", str(work / "demo")], "give one model"),
              (["--stage", str(tmp_path / "nothing")], "no stage checkpoint"),
              (["--stage", str(bare)], "has no tokenizer beside it"),
-             (["--stage", str(work / "thinker-s3"), "--ctc-weight", "1.5"], "--ctc-weight 1.5: give a weight in")]
+             (["--stage", str(work / "thinker-s3"), "--ctc-weight", "1.5"], "--ctc-weight 1.5: give a weight in"),
+             (["--stage", str(work / "thinker-s3"), "--ctc-beam", "0"], "--ctc-beam 0: give a beam of at least 1")]
     capsys.readouterr()
     for argv, message in cases:
         assert eval_main(argv + common + ["--out", str(tmp_path / "never")]) == 2

@@ -9,7 +9,16 @@ import torch
 from omnistream.config import AudioConfig, VisionConfig
 from omnistream.processor import IM_END, Processor, Tokenizer, reasoning_token_ids, split_reasoning
 from omnistream.train import TrainConfig, TrainError, train
-from omnistream.train.aut_stage import AutStage, ctc_greedy, ctc_loss, heard_clips
+from omnistream.audio.features import mel_bin_centres, mel_bin_index
+from omnistream.train.aut_stage import (
+    TILT,
+    AutStage,
+    colour_spectrum,
+    ctc_greedy,
+    ctc_loss,
+    heard_clips,
+    warp_vocal_tract,
+)
 from omnistream.data import text as templates
 from omnistream.eval.metrics import numbers_in
 from omnistream.train.thinker_data import (
@@ -528,7 +537,10 @@ def test_aut_pretraining_trains_only_the_audio_encoder_and_its_ctc_falls(dataset
     stage = AutStage(root / "data", root / "tok", size="tiny", init=root / "text" / "checkpoint.pt", batch_size=4,
                      limit=4)
     plain = AutStage(root / "data", root / "tok", size="tiny", batch_size=4, limit=4, augment=False)
+    same_timbre = AutStage(root / "data", root / "tok", size="tiny", batch_size=4, limit=4, timbre=False)
     a, b, c = stage.batch(3, 0, 1), stage.batch(3, 0, 1), plain.batch(3, 0, 1)
+    assert a["audio_lengths"] == same_timbre.batch(3, 0, 1)["audio_lengths"]
+    assert not torch.equal(a["audio_features"], same_timbre.batch(3, 0, 1)["audio_features"])  # warped, coloured
     assert torch.equal(a["audio_features"], b["audio_features"])  # augmentation is seeded by (seed, step, clip)
     assert a["spoken"] == c["spoken"] and a["audio_lengths"] != c["audio_lengths"]  # speed-perturbed
     assert not torch.equal(a["audio_features"], stage.batch(3 + len(stage.clips), 0, 1)["audio_features"])
@@ -554,6 +566,38 @@ def test_aut_hears_the_number_drills_beside_the_split(dataset, tmp_path):
     assert stage.drills == [(it["messages"][0]["content"][0]["audio"], it["reply"]) for it in drills]
     assert len(stage.clips) == len(heard_clips(items)) + 3 and stage.clips[-3:] == stage.drills
     assert stage.targets[-3:] == [tok.encode(it["reply"]) for it in drills]
+
+
+def test_mel_bin_index_inverts_the_bin_centres():
+    centres = mel_bin_centres(128)
+    assert torch.allclose(mel_bin_index(centres, 128), torch.arange(128, dtype=torch.float64), atol=1e-9)
+    assert 7000 < centres[-1] < 8000 and 0 < centres[0] < 40 and bool((centres.diff() > 0).all())
+
+
+@pytest.mark.parametrize("warp", [0.9, 1.1])
+def test_vocal_tract_warp_moves_formants_by_its_factor_and_keeps_the_top_bin(warp):
+    centres = mel_bin_centres(128)
+    frames = torch.zeros(128, 6)
+    for j, hz in enumerate((500.0, 1500.0, 2500.0)):  # one "formant" per pair of frames
+        frames[:, 2 * j : 2 * j + 2] = torch.exp(-(centres - hz).square() / (2 * 60.0**2))[:, None].float()
+    warped = warp_vocal_tract(frames, warp)
+    for j, hz in enumerate((500.0, 1500.0, 2500.0)):
+        moved = centres[warped[:, 2 * j].argmax()].item()
+        width = (centres[1:] - centres[:-1])[warped[:, 2 * j].argmax().clamp(max=126)].item()
+        assert abs(moved - hz * warp) <= width, (hz, warp, moved)
+    ramp = torch.linspace(0, 1, 128)[:, None].repeat(1, 3)
+    assert torch.allclose(warp_vocal_tract(ramp, warp)[-1], ramp[-1])  # the top of the band stays put
+    assert torch.equal(warp_vocal_tract(ramp, 1.0), ramp)
+
+
+def test_colouring_adds_one_smooth_gain_curve_within_the_valid_frames():
+    features = torch.randn(128, 40)
+    out = colour_spectrum(features, 30, random.Random(3))
+    gain = out - features
+    assert torch.equal(gain[:, 30:], torch.zeros(128, 10))  # padding untouched
+    assert torch.allclose(gain[:, :30], gain[:, :1].expand(-1, 30), atol=1e-6)  # the same filter on every frame
+    assert 0 < gain.abs().max() <= TILT + 1e-6 and gain[:, 0].diff().abs().max() < 0.01  # bounded, smooth
+    assert not torch.equal(out, colour_spectrum(features, 30, random.Random(4)))
 
 
 def test_demo_size_fits_the_budget():

@@ -36,6 +36,17 @@ class KVCache:
         self.k.zero_()
         self.v.zero_()
 
+    def rows(self, rows: torch.Tensor) -> KVCache:
+        """A new cache holding rows `rows` of this one."""
+        out = object.__new__(KVCache)
+        out.k, out.v = self.k.index_select(0, rows), self.v.index_select(0, rows)
+        return out
+
+    def reorder_(self, rows: torch.Tensor) -> None:
+        """Row i becomes the old row rows[i], in place."""
+        self.k.copy_(self.k.index_select(0, rows))
+        self.v.copy_(self.v.index_select(0, rows))
+
 
 class DeltaNetState:
     """Last K-1 pre-conv inputs (B, conv_dim, K-1) and the fp32 delta-rule state (B, H_v, d_k, d_v)."""
@@ -47,6 +58,17 @@ class DeltaNetState:
     def reset(self) -> None:
         self.conv.zero_()
         self.recurrent.zero_()
+
+    def rows(self, rows: torch.Tensor) -> DeltaNetState:
+        """A new state holding rows `rows` of this one."""
+        out = object.__new__(DeltaNetState)
+        out.conv, out.recurrent = self.conv.index_select(0, rows), self.recurrent.index_select(0, rows)
+        return out
+
+    def reorder_(self, rows: torch.Tensor) -> None:
+        """Row i becomes the old row rows[i], in place."""
+        self.conv.copy_(self.conv.index_select(0, rows))
+        self.recurrent.copy_(self.recurrent.index_select(0, rows))
 
 
 class InferenceCache:
@@ -85,6 +107,24 @@ class InferenceCache:
         self.padded = self.padded or not bool(mask.all())
         self.length += s
         return start
+
+    def rows(self, rows: torch.Tensor) -> InferenceCache:
+        """A new cache of rows `rows` of this one (a row may repeat: beams that share a prefix)."""
+        out = object.__new__(InferenceCache)
+        out.__dict__.update(self.__dict__)
+        out.batch_size = len(rows)
+        out.layers = [layer.rows(rows) for layer in self.layers]
+        out.valid, out.next_pos = self.valid.index_select(0, rows), self.next_pos.index_select(0, rows)
+        return out
+
+    def reorder_(self, rows: torch.Tensor) -> None:
+        """Row i becomes the old row rows[i] (B,), in place: beams follow their parents."""
+        if len(rows) != self.batch_size:
+            raise ValueError(f"{len(rows)} rows given to reorder a cache of {self.batch_size}")
+        for layer in self.layers:
+            layer.reorder_(rows)
+        self.valid.copy_(self.valid.index_select(0, rows))
+        self.next_pos.copy_(self.next_pos.index_select(0, rows))
 
     def reset(self) -> None:
         """Forget everything, keeping the allocations for the next request."""

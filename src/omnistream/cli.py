@@ -211,14 +211,9 @@ def _media_prompt(args: argparse.Namespace, thinker, tokenizer: Tokenizer) -> tu
     return move(prompt.input_ids), media, move(prompt.position_ids)
 
 
-def _stops(tokenizer: Tokenizer, lm) -> list[int]:
-    """End-of-turn ids: the tokenizer's, then the config's others."""
-    return tokenizer.eos_ids + [t for t in lm.config.eos_token_ids if t not in tokenizer.eos_ids]
-
-
 def _heard(args: argparse.Namespace, thinker, tokenizer: Tokenizer) -> Heard | None:
     """The checkpoint's joint CTC decoding of heard lines, or None; --transcribe needs one."""
-    heard = Heard.from_checkpoint(args.checkpoint, tokenizer, _stops(tokenizer, thinker.lm))
+    heard = Heard.from_checkpoint(args.checkpoint, tokenizer, tokenizer.stop_ids(thinker.lm.config.eos_token_ids))
     if heard is None and getattr(args, "transcribe", False):
         raise InputError(f"--transcribe: {args.checkpoint} names no CTC reading of its audio encoder "
                          f"(thinker_config.ctc_heard_weight and ctc_blank_token_id); drop --transcribe and ask for a "
@@ -272,7 +267,7 @@ def run_generate(args: argparse.Namespace) -> None:
         input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)  # (1, S)
     if args.compile:
         model.compile_decode()
-    stops = _stops(tokenizer, model)
+    stops = tokenizer.stop_ids(model.config.eos_token_ids)
     decoder = StreamDecoder(tokenizer)
     first = None
     n = 0
@@ -358,7 +353,7 @@ def run_speak(args: argparse.Namespace, sampling: SamplingParams) -> None:
         input_ids = torch.tensor([ids], dtype=torch.long, device=thinker.lm.device)  # (1, S)
     if args.compile:
         thinker.lm.compile_decode()
-    stops = _stops(tokenizer, thinker.lm)
+    stops = tokenizer.stop_ids(thinker.lm.config.eos_token_ids)
     talker_sampling = SpeechSession.reference_sampling() if args.talker_sample else {}
     try:
         session = SpeechSession(thinker, talker, code2wav, tokens, speaker=voice, voice=cloned,

@@ -122,6 +122,10 @@ class Tokenizer:
                 ids.append(tid)
         return ids
 
+    def stop_ids(self, config_eos: list[int]) -> list[int]:
+        """Ids that end a model's turn: the tokenizer's `eos_ids`, then the model config's other eos ids."""
+        return self.eos_ids + [t for t in config_eos if t not in self.eos_ids]
+
     @property
     def pad_id(self) -> int | None:
         return None if self.pad_token is None else self.backend.token_to_id(self.pad_token)

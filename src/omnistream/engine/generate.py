@@ -59,6 +59,8 @@ def stream(model: ThinkerLM, input_ids: torch.Tensor, attention_mask: torch.Tens
     done = torch.zeros(b, dtype=torch.bool, device=model.device)
     with torch.no_grad():
         logits = model.prefill(input_ids, cache, attention_mask, prefill_chunk, position_ids, inputs_embeds, deepstack)
+        if guide is not None:
+            guide.attach(model, cache)
         for step in range(total - s):
             if guide is not None:
                 logits = guide(logits)

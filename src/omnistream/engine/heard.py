@@ -1,6 +1,6 @@
 """Joint CTC/attention decoding of what the Thinker heard: the audio encoder's own CTC reading guides the line of a
 reply that writes down a clip's words (Watanabe et al. 2017, "Hybrid CTC/Attention Architecture for End-to-End
-Speech Recognition"; here greedy, one hypothesis).
+Speech Recognition"; one-pass beam search over the line).
 
 AuT pretraining teaches the audio encoder a CTC reading in the LM's own token space (train/aut_stage.py: cosine
 similarity to the input-embedding table x CTC_SCALE, the pad id as the blank), and S1 / S2 keep that loss, so every
@@ -10,12 +10,15 @@ drops short words. Joint decoding takes the LM's top-k next tokens and scores ea
 
     (1 - w) * log p_LM(token) + w * (log psi(prefix + token) - log psi(prefix))
 
-where psi is the CTC prefix probability of the line written so far (every alignment of the clip whose reading
-starts with it); a token that ends the line scores the CTC probability of the whole line instead. Outside the line
-the LM's logits pass unchanged. The line is a transcript (a transcribe reply, from its first token), or the first
-line of a think block (`<think>` then a line break), where the demo model writes a spoken question as heard before
-working on it. `Heard` holds the weight w (a checkpoint's config: thinker_config.ctc_heard_weight) and builds one
-`HeardLine` rule per prompt; generate.stream and SpeechSession apply it.
+where psi is the CTC prefix probability of the line written so far (every alignment of the clip whose reading starts
+with it); a token that ends the line scores the CTC probability of the whole line instead. Outside the line the LM's
+logits pass unchanged. When the line starts, a beam of HEARD_BEAM hypotheses (each on its own copy of the decoder's
+cache) searches it to its end by the sum of those scores, which only falls as a line grows, so the search stops once
+an ended line beats every live one; the rule then hands out that line's tokens. The line is a transcript (a
+transcribe reply, from its first token), or the first line of a think block (`<think>` then a line break), where the
+demo model writes a spoken question as heard before working on it. `Heard` holds the weight w and the beam (a
+checkpoint's config: thinker_config.ctc_heard_weight, ctc_heard_beam) and builds one `HeardLine` rule per prompt;
+generate.stream and SpeechSession apply it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
 CTC_SCALE = 20.0  # cosine-similarity logit scale of the CTC classifier (AuT pretraining trains with it)
 HEARD_WEIGHT = 0.7  # w: chosen on a dev split of spoken questions (0 / 0.3 / 0.5 / 0.7 / 0.9)
 TOP_K = 8  # LM candidates rescored per step
+HEARD_BEAM = 4  # hypotheses the beam search of a heard line keeps
 NEG = -math.inf
 
 
@@ -96,6 +100,13 @@ class PrefixScore:
         """log psi(prefix + c) - log psi(prefix) of each candidate token c (K,)."""
         return _extend(self.x, self.blank, self.r_n, self.r_b, self._last, torch.tensor(tokens))[0] - self.score
 
+    def copy(self) -> PrefixScore:
+        """An independent prefix state for another hypothesis (the clip's log-probs shared)."""
+        out = object.__new__(PrefixScore)
+        out.__dict__.update(self.__dict__)
+        out.prefix = list(self.prefix)
+        return out
+
     def push(self, token: int) -> None:
         """Append `token` to the prefix."""
         psi, r_n, r_b = _extend(self.x, self.blank, self.r_n, self.r_b, self._last, torch.tensor([token]))
@@ -133,20 +144,30 @@ class LineEnds:
 
 class HeardLine:
     """A logits rule for one prompt: inside its line, the LM's top-k tokens and its likeliest line end are
-    rescored with the clip's CTC prefix scores (all others -inf); elsewhere logits pass unchanged."""
+    rescored with the clip's CTC prefix scores (all others -inf); elsewhere logits pass unchanged. Once `attach`ed
+    to the decoder and its cache, a beam of `beam` hypotheses searches the whole line when it starts, and the rule
+    then hands out the best line's tokens in turn."""
 
     def __init__(self, log_probs: torch.Tensor, blank: int, think_open: int | None, line_ends: LineEnds,
-                 weight: float = HEARD_WEIGHT, top_k: int = TOP_K):
+                 weight: float = HEARD_WEIGHT, top_k: int = TOP_K, beam: int = HEARD_BEAM):
         _check_weight(weight)
+        if beam < 1:
+            raise InputError(f"the heard line's beam must hold at least 1 hypothesis, got {beam}")
         self.prefix = PrefixScore(log_probs, blank)
         self.think_open, self.ends = think_open, line_ends
-        self.weight, self.top_k = weight, top_k
+        self.weight, self.top_k, self.beam = weight, top_k, beam
         self.state = "line" if think_open is None else "before"  # before -> opened -> line -> done
+        self.decoder = None  # (lm, cache) the beam search decodes with
+        self.plan: list[int] | None = None  # the searched line's tokens still to come (None: not searched)
 
     @property
     def active(self) -> bool:
         """True while the next token belongs to the heard line."""
         return self.state == "line"
+
+    def attach(self, lm, cache) -> None:
+        """Let the beam search decode copies of `cache` (the prompt's state, one row) with `lm`."""
+        self.decoder = (lm, cache)
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """Joint scores (1, V) in place of the LM's next-token logits (1, V) while in the line."""
@@ -154,19 +175,63 @@ class HeardLine:
             return logits
         if logits.shape[0] != 1:
             raise InputError(f"heard-line guidance decodes one prompt at a time, got a batch of {logits.shape[0]}")
-        lm = F.log_softmax(logits[0].float(), dim=-1).double()  # (V,)
+        if self.plan is None and self.beam > 1 and self.decoder is not None:
+            self.plan = self._search(logits)
+        out = torch.full_like(logits[0], NEG, dtype=torch.float64)  # (V,)
+        if self.plan:
+            out[self.plan[0]] = 0.0
+        else:
+            tokens, joint = self._candidates(logits[0], self.prefix)
+            out[tokens] = joint
+        return out[None].to(logits.dtype)
+
+    def _candidates(self, logits: torch.Tensor, prefix: PrefixScore) -> tuple[list[int], torch.Tensor]:
+        """The candidate next tokens of a hypothesis with CTC state `prefix` and LM logits (V,), and their joint
+        scores (K,): the LM's top-k words by prefix gain, its top-k line ends and its likeliest one by the whole
+        line's CTC probability."""
+        lm = F.log_softmax(logits.float(), dim=-1).double()  # (V,)
         top = lm.topk(min(self.top_k, lm.numel())).indices.tolist()
         end = int(self.ends.ids[lm[self.ends.ids].argmax()]) if len(self.ends.ids) else None
-        words = [t for t in top if t not in self.ends.text and t != self.prefix.blank]  # the blank is no word
+        words = [t for t in top if t not in self.ends.text and t != prefix.blank]  # the blank is no word
         finals = sorted({t for t in top if t in self.ends.text} | ({end} if end is not None else set()))
-        out = torch.full_like(lm, NEG)
+        ctc = prefix.scores(words).tolist() if words else []
+        ctc += [prefix.complete(self.ends.text[t]) - prefix.score for t in finals]
+        tokens = words + finals
         w = self.weight
-        if words:
-            ctc = self.prefix.scores(words)
-            out[words] = (1 - w) * lm[words] + w * ctc
-        for t in finals:
-            out[t] = (1 - w) * lm[t] + w * (self.prefix.complete(self.ends.text[t]) - self.prefix.score)
-        return out[None].to(logits.dtype)
+        return tokens, (1 - w) * lm[tokens] + w * torch.tensor(ctc, dtype=torch.float64)
+
+    def _search(self, logits: torch.Tensor) -> list[int]:
+        """The line (its tokens and its end) of the best joint score a beam search finds from next-token logits
+        (1, V), decoding on copies of the attached cache; empty when no line ends within the cache's room."""
+        lm, cache = self.decoder
+        room = cache.max_len - cache.length - 1
+        if room < 1:
+            return []
+        work = cache.rows(torch.zeros(self.beam, dtype=torch.long, device=logits.device))
+        live = [([], self.prefix, 0.0)]  # (tokens, CTC state, joint score) of each hypothesis
+        best: tuple[float, list[int]] | None = None  # the best ended line: (joint score, tokens with the end)
+        for _ in range(room):
+            grown = []
+            for i, (_, prefix, score) in enumerate(live):
+                cands, joint = self._candidates(logits[i], prefix)
+                grown += [(score + j, i, t) for t, j in zip(cands, joint.tolist()) if j > NEG]
+            grown.sort(key=lambda g: -g[0])
+            kept = []
+            for total, i, t in grown[:self.beam]:
+                if t not in self.ends.text:
+                    kept.append((total, i, t))
+                elif best is None or total > best[0]:
+                    best = (total, live[i][0] + [t])
+            if not kept or (best is not None and best[0] >= kept[0][0]):  # every score only falls as a line grows
+                break
+            live = [(live[i][0] + [t], live[i][1].copy(), total) for total, i, t in kept]
+            for (_, prefix, _), (_, _, t) in zip(live, kept):
+                prefix.push(t)
+            fill = self.beam - len(kept)  # rows beyond the live ones repeat the last; their logits go unread
+            work.reorder_(torch.tensor([i for _, i, _ in kept] + [kept[-1][1]] * fill, device=logits.device))
+            logits = lm.decode(torch.tensor([t for _, _, t in kept] + [kept[-1][2]] * fill, device=logits.device),
+                               work)  # (beam, V)
+        return [] if best is None else best[1]
 
     def push(self, token: int) -> None:
         """Follow the reply: `token` was chosen."""
@@ -175,6 +240,8 @@ class HeardLine:
         elif self.state == "opened":
             self.state = "line" if token in self.ends.breaks else "done"
         elif self.state == "line":
+            if self.plan:
+                self.plan = self.plan[1:] if token == self.plan[0] else []
             if token in self.ends.text:
                 self.state = "done"
             else:
@@ -189,19 +256,24 @@ class Heard:
     blank: int
     line_ends: LineEnds = field(repr=False)
     top_k: int = TOP_K
+    beam: int = HEARD_BEAM
 
     def __post_init__(self):
         _check_weight(self.weight)
+        if self.beam < 1:
+            raise InputError(f"the heard line's beam must hold at least 1 hypothesis, got {self.beam}")
 
     @classmethod
     def from_checkpoint(cls, directory: str | Path, tokenizer: Tokenizer, stops) -> Heard | None:
-        """The checkpoint's joint decoding (thinker_config.ctc_heard_weight, ctc_blank_token_id), or None when its
-        config names none (a reference checkpoint: its encoder has no CTC reading)."""
+        """The checkpoint's joint decoding (thinker_config.ctc_heard_weight, ctc_blank_token_id, optionally
+        ctc_heard_beam), or None when its config names none (a reference checkpoint: its encoder has no CTC
+        reading)."""
         config = json.loads((Path(directory) / "config.json").read_text()).get("thinker_config", {})
         weight, blank = config.get("ctc_heard_weight"), config.get("ctc_blank_token_id")
         if weight is None or blank is None:
             return None
-        return cls(float(weight), int(blank), LineEnds(tokenizer, stops))
+        return cls(float(weight), int(blank), LineEnds(tokenizer, stops), beam=int(config.get("ctc_heard_beam",
+                                                                                             HEARD_BEAM)))
 
     def guide(self, thinker: Thinker, input_ids: torch.Tensor, embeds: torch.Tensor, think_open: int | None,
               transcript: bool = False) -> HeardLine | None:
@@ -216,4 +288,4 @@ class Heard:
             return None
         log_probs = ctc_log_probs(embeds[0][slots], thinker.lm.model.embed_tokens.weight.detach())  # (T, V)
         return HeardLine(log_probs, self.blank, None if transcript else think_open, self.line_ends, self.weight,
-                         self.top_k)
+                         self.top_k, self.beam)

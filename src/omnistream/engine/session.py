@@ -105,6 +105,8 @@ class _ThinkerRun:
         self.guide = None
         if session.heard is not None and session.reasoning is not None and self.reply is None:
             self.guide = session.heard.guide(session.thinker, input_ids, embeds, session.reasoning[0])
+        if self.guide is not None:
+            self.guide.attach(lm, self.cache)
         session.timings["preprocessing"] = time.perf_counter() - session._t0
         logits, out = lm(inputs_embeds=embeds, deepstack=deepstack, position_ids=position_ids, cache=self.cache,
                          logits_to_keep=1, output_hidden_states=True)

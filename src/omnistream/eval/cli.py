@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctc-weight", type=float, metavar="W",
                    help="weight in [0, 1] of the audio encoder's CTC reading in decoding a transcript or a think "
                         "block's heard line (0: the LM alone; default: the checkpoint's, 0.7 for --stage)")
+    p.add_argument("--ctc-beam", type=int, metavar="K",
+                   help="hypotheses the beam search of a heard line keeps (1: greedy; default: the checkpoint's, "
+                        "4 for --stage)")
     return p
 
 
@@ -131,6 +134,8 @@ def run(args: argparse.Namespace) -> Path:
         raise EvalError("--max-new-tokens and --max-audio-frames must be at least 1")
     if args.ctc_weight is not None and not 0.0 <= args.ctc_weight <= 1.0:
         raise EvalError(f"--ctc-weight {args.ctc_weight}: give a weight in [0, 1]")
+    if args.ctc_beam is not None and args.ctc_beam < 1:
+        raise EvalError(f"--ctc-beam {args.ctc_beam}: give a beam of at least 1")
     tasks = _to_task_list(args.tasks)
     if args.stage is not None:
         spoken = sorted(set(tasks or ()) & set(TTS_TASKS))
@@ -159,8 +164,8 @@ def run(args: argparse.Namespace) -> Path:
         runner = ModelRunner(args.checkpoint, args.device, args.max_new_tokens, args.max_audio_frames)
     for item in items:
         runner.check_media(item)
-    if args.ctc_weight is not None:
-        runner.use_ctc_weight(args.ctc_weight)
+    if args.ctc_weight is not None or args.ctc_beam is not None:
+        runner.use_heard(args.ctc_weight, args.ctc_beam)
     twin = None
     if args.twin and speech_out:
         twin = ModelRunner(args.twin, args.device, args.max_new_tokens, args.max_audio_frames)
@@ -172,7 +177,8 @@ def run(args: argparse.Namespace) -> Path:
                        "split": args.split, "judge": _judge_meta(judge),
                        "speaker": None if speaker is None else "Resemblyzer VoiceEncoder",
                        "device": args.device, "seconds": time.perf_counter() - start,
-                       "ctc_weight": None if runner.heard is None else runner.heard.weight}
+                       "ctc_weight": None if runner.heard is None else runner.heard.weight,
+                       "ctc_beam": None if runner.heard is None else runner.heard.beam}
     return write_report(results, out)
 
 

@@ -138,7 +138,8 @@ def write_report(results: dict, out: str | Path) -> Path:
            f"- took {meta.get('seconds', float('nan')):.0f} s on {meta.get('device')}", ""]
     if "ctc_weight" in meta:
         md.insert(-2, "- heard lines (transcripts, a think block's first line) decoded " +
-                  (f"jointly with the audio's CTC reading at weight {meta['ctc_weight']}" if meta["ctc_weight"]
+                  (f"jointly with the audio's CTC reading at weight {meta['ctc_weight']}, beam "
+                   f"{meta.get('ctc_beam') or 1}" if meta["ctc_weight"]
                    else "by the LM alone"))
 
     if "floor" in results:

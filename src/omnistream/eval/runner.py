@@ -120,19 +120,21 @@ class ModelRunner:
                                    video_pixels=VIDEO_PIXELS,
                                    layout=QWEN35_OMNI if lm.config.layout == QWEN35 else QWEN3_OMNI,
                                    position_id_per_seconds=ticks)
-        self.stops = tokenizer.eos_ids + [t for t in lm.config.eos_token_ids if t not in tokenizer.eos_ids]
+        self.stops = tokenizer.stop_ids(lm.config.eos_token_ids)
         if not self.stops:
             raise ConfigError(f"{self.directory}: neither the tokenizer nor the config names an end-of-turn token")
         self._codec = None
         self.think_open = self.tokenizer.token_to_id(THINK_OPEN)
 
-    def use_ctc_weight(self, weight: float) -> None:
-        """Decode heard lines (transcripts, a think block's first line) at CTC weight `weight` (0: the LM alone)."""
+    def use_heard(self, weight: float | None = None, beam: int | None = None) -> None:
+        """Decode heard lines (transcripts, a think block's first line) at CTC weight `weight` (0: the LM alone)
+        with a beam of `beam` hypotheses (1: greedy); None keeps the checkpoint's."""
         if self.heard is not None:
-            self.heard = replace(self.heard, weight=weight)
-        elif weight:
+            self.heard = replace(self.heard, weight=self.heard.weight if weight is None else weight,
+                                 beam=self.heard.beam if beam is None else beam)
+        elif weight or beam is not None:
             raise InputError(f"{self.directory}: its audio encoder has no CTC reading (its config names no "
-                             f"thinker_config.ctc_blank_token_id), so a CTC weight cannot apply")
+                             f"thinker_config.ctc_blank_token_id), so joint decoding cannot apply")
 
     # ------------------------------------------------------------------ inputs
     def _prompt(self, item: dict):

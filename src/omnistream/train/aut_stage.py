@@ -31,6 +31,7 @@ The loss is summed over a rank's clips and divided by the global batch's target 
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -40,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..audio.features import log_mel
+from ..audio.features import log_mel, mel_bin_centres, mel_bin_index
 from ..audio.io import load_audio
 from ..data import read_items
 from ..engine.heard import ctc_log_probs
@@ -55,6 +56,9 @@ DRILL_FILE = "numbers.jsonl"  # number drills beside the split, used when presen
 SPEEDS = (0.85, 1.15)  # range of the speed perturbation
 MEL_MASKS, MEL_MASK_BINS = 2, 16  # SpecAugment frequency masks
 TIME_MASKS, TIME_MASK_FRAMES = 2, 20  # SpecAugment time masks
+WARPS = (0.88, 1.12)  # vocal tract length perturbation: range of the frequency warp
+WARP_KNEE = 4800.0  # Hz: above min(1, warp) x this the warp runs linearly to the top bin, which stays put
+TILT = 0.15  # spectral colouring: largest gain of a random smooth curve over the mel bins (log-mel units: 6 dB)
 
 
 def embedding_table(thinker: Thinker) -> torch.Tensor:
@@ -108,6 +112,32 @@ def spec_augment(features: torch.Tensor, length: int, rng: random.Random) -> tor
     return out
 
 
+def warp_vocal_tract(features: torch.Tensor, warp: float) -> torch.Tensor:
+    """VTLP (Jaitly & Hinton 2013) of one log-mel (mels, T): the spectral envelope's frequencies scaled by `warp`
+    (piecewise linear, so that the top bin stays put), read off the mel bins by linear interpolation."""
+    mels = features.shape[0]
+    centres = mel_bin_centres(mels)  # (mels,) Hz
+    knee = WARP_KNEE * min(1.0, warp)
+    top = centres[-1]
+    source = torch.where(centres <= knee, centres / warp,
+                         knee / warp + (centres - knee) * (top - knee / warp) / (top - knee))  # (mels,) Hz
+    where = mel_bin_index(source, mels).clamp(0, mels - 1)
+    low = where.floor().long().clamp(max=mels - 2)
+    frac = (where - low).to(features.dtype)[:, None]
+    return features[low] * (1 - frac) + features[low + 1] * frac
+
+
+def colour_spectrum(features: torch.Tensor, length: int, rng: random.Random) -> torch.Tensor:
+    """One log-mel (mels, T) with `length` valid frames through a random smooth filter: a gain curve over the mel
+    bins of three cosines, at most TILT."""
+    mels = features.shape[0]
+    x = torch.linspace(0, math.pi, mels, dtype=features.dtype)
+    curve = sum(rng.uniform(-1, 1) * torch.cos(k * x) for k in (1, 2, 3))
+    out = features.clone()
+    out[:, :length] += (TILT / 3) * curve[:, None]
+    return out
+
+
 def heard_clips(items: list[dict]) -> list[tuple[str, str]]:
     """(audio path, what it says) of every clip of the items whose words are known."""
     clips = []
@@ -128,11 +158,13 @@ class AutStage:
 
     def __init__(self, data_dir: str | Path, tokenizer_dir: str | Path, size: str = "demo",
                  init: str | Path | None = None, *, batch_size: int = 32, seed: int = 0, split: str = "train",
-                 limit: int | None = None, augment: bool = True, device: str | torch.device | None = None):
+                 limit: int | None = None, augment: bool = True, timbre: bool = True,
+                 device: str | torch.device | None = None):
         from .thinker_stages import check_inputs
 
         data = check_inputs(size, batch_size, data_dir, split, tokenizer_dir, init)
         self.size, self.init, self.seed, self.batch_size, self.augment = size, init, seed, batch_size, augment
+        self.timbre = timbre
         self.tokenizer = Tokenizer(tokenizer_dir)
         self.ids = special_ids(self.tokenizer)
         drills = Path(data_dir) / DRILL_FILE
@@ -172,10 +204,16 @@ class AutStage:
         features, mask = log_mel(waves, n_mels=128)  # (b, mels, T), (b, T)
         lengths = mask.sum(-1).tolist()
         if self.augment:
-            features = torch.stack([spec_augment(f, n, r) for f, n, r in zip(features, lengths, rngs)])
+            features = torch.stack([self._augment(f, n, r) for f, n, r in zip(features, lengths, rngs)])
         return {"audio_features": features, "audio_lengths": lengths,
                 "spoken": [self.targets[i] for i in mine],
                 "norm": max(1, sum(len(self.targets[i]) for i in chosen)) / world}
+
+    def _augment(self, features: torch.Tensor, length: int, rng: random.Random) -> torch.Tensor:
+        """One clip's log-mel (mels, T) augmented: another vocal tract and filter (with `timbre`), then SpecAugment."""
+        if self.timbre:
+            features = colour_spectrum(warp_vocal_tract(features, rng.uniform(*WARPS)), length, rng)
+        return spec_augment(features, length, rng)
 
     def loss(self, module: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         device = next(module.parameters()).device

@@ -278,7 +278,7 @@ def _last(work: Path, *stages: str) -> str:
 
 def _export_one(work: Path, out: Path, thinker, tok, codec, code2wav, config, talker_stage: str) -> Path:
     """One speaking checkpoint (fp16 safetensors, config with the processor's settings, tokenizer) in `out`."""
-    from ..engine.heard import HEARD_WEIGHT
+    from ..engine.heard import HEARD_BEAM, HEARD_WEIGHT
     from ..talker import Talker
     from ..weights import save_omni
     from .talker_data import speech_tokens
@@ -294,7 +294,8 @@ def _export_one(work: Path, out: Path, thinker, tok, codec, code2wav, config, ta
     saved["processor_config"] = {"layout": "qwen3.5-omni", "image_pixels": list(IMAGE_PIXELS),
                                  "video_pixels": list(VIDEO_PIXELS)}
     # its audio encoder reads CTC in the LM's token space (AuT pretraining): decode heard lines jointly with it
-    saved["thinker_config"].update(ctc_heard_weight=HEARD_WEIGHT, ctc_blank_token_id=special_ids(tok)["pad_token_id"])
+    saved["thinker_config"].update(ctc_heard_weight=HEARD_WEIGHT, ctc_heard_beam=HEARD_BEAM,
+                                   ctc_blank_token_id=special_ids(tok)["pad_token_id"])
     (out / "config.json").write_text(json.dumps(saved, indent=2, ensure_ascii=False))
     return out
 
