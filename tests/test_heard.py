@@ -127,6 +127,24 @@ def test_the_line_starts_after_the_think_tag_and_a_break_and_ends_at_a_line_end(
     assert not other.active
 
 
+def test_a_transcript_ends_the_reply_with_its_line_and_a_think_line_does_not(tokenizer):
+    eos, newline, fox = tokenizer.token_to_id("<|im_end|>"), tokenizer.encode("\n")[0], tokenizer.encode("fox")[0]
+    logits = torch.randn(1, tokenizer.vocab_size)
+    transcript, _ = _line(tokenizer, 0.7, think=False)
+    transcript.push(fox)
+    transcript.push(newline)  # the line ends with a break: the stop comes next, whatever the LM says
+    out = transcript(logits)
+    assert int(out.argmax()) == eos and int(torch.isfinite(out).sum()) == 1
+    transcript.push(eos)
+    assert torch.equal(transcript(logits), logits)
+    stopped, _ = _line(tokenizer, 0.7, think=False)
+    stopped.push(eos)  # ended by the stop itself: nothing more to force
+    assert torch.equal(stopped(logits), logits)
+    think, _ = _line(tokenizer, 0.7)
+    for token in (tokenizer.token_to_id("<think>"), newline, fox, newline):
+        think.push(token)
+    assert torch.equal(think(logits), logits)  # the think block goes on after its heard line
+
 def test_the_clip_outvotes_the_lm_on_a_word_it_does_not_say(tokenizer):
     v, blank = tokenizer.vocab_size, tokenizer.pad_id
     said, other = tokenizer.encode("fox")[0], tokenizer.encode("dog")[0]

@@ -15,10 +15,10 @@ with it); a token that ends the line scores the CTC probability of the whole lin
 logits pass unchanged. When the line starts, a beam of HEARD_BEAM hypotheses (each on its own copy of the decoder's
 cache) searches it to its end by the sum of those scores, which only falls as a line grows, so the search stops once
 an ended line beats every live one; the rule then hands out that line's tokens. The line is a transcript (a
-transcribe reply, from its first token), or the first line of a think block (`<think>` then a line break), where the
-demo model writes a spoken question as heard before working on it. `Heard` holds the weight w and the beam (a
-checkpoint's config: thinker_config.ctc_heard_weight, ctc_heard_beam) and builds one `HeardLine` rule per prompt;
-generate.stream and SpeechSession apply it.
+transcribe reply, from its first token; the reply ends with it), or the first line of a think block (`<think>` then
+a line break), where the demo model writes a spoken question as heard before working on it. `Heard` holds the weight
+w and the beam (a checkpoint's config: thinker_config.ctc_heard_weight, ctc_heard_beam) and builds one `HeardLine`
+rule per prompt; generate.stream and SpeechSession apply it.
 """
 
 from __future__ import annotations
@@ -137,8 +137,9 @@ class LineEnds:
             self.text[i] = tuple(tokenizer.encode(head)) if head.strip() else ()
             if s == "\n":
                 self.breaks.add(i)
-        for stop in stops:
-            self.text[int(stop)] = ()
+        self.stops = [int(stop) for stop in stops]  # end the reply, and so the line
+        for stop in self.stops:
+            self.text[stop] = ()
         self.ids = torch.tensor(sorted(self.text))  # (E,)
 
 
@@ -156,7 +157,7 @@ class HeardLine:
         self.prefix = PrefixScore(log_probs, blank)
         self.think_open, self.ends = think_open, line_ends
         self.weight, self.top_k, self.beam = weight, top_k, beam
-        self.state = "line" if think_open is None else "before"  # before -> opened -> line -> done
+        self.state = "line" if think_open is None else "before"  # before -> opened -> line (-> closing) -> done
         self.decoder = None  # (lm, cache) the beam search decodes with
         self.plan: list[int] | None = None  # the searched line's tokens still to come (None: not searched)
 
@@ -171,6 +172,10 @@ class HeardLine:
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """Joint scores (1, V) in place of the LM's next-token logits (1, V) while in the line."""
+        if self.state == "closing":  # a transcript is one line: the reply ends with it
+            out = torch.full_like(logits, NEG)
+            out[:, self.ends.stops[0]] = 0.0
+            return out
         if not self.active or self.weight == 0.0:
             return logits
         if logits.shape[0] != 1:
@@ -243,9 +248,12 @@ class HeardLine:
             if self.plan:
                 self.plan = self.plan[1:] if token == self.plan[0] else []
             if token in self.ends.text:
-                self.state = "done"
+                transcript_goes_on = self.think_open is None and self.ends.stops and token not in self.ends.stops
+                self.state = "closing" if transcript_goes_on else "done"
             else:
                 self.prefix.push(token)
+        elif self.state == "closing":
+            self.state = "done"
 
 
 @dataclass
