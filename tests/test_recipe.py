@@ -163,9 +163,9 @@ def test_a_thinker_stage_is_evaluated_in_text(recipe, tmp_path, capsys):
     assert f"CTC reading at weight {HEARD_WEIGHT}, beam {HEARD_BEAM}" in (out / "report.md").read_text()
     plain = tmp_path / "plain"
     assert eval_main(["--stage", str(work / "thinker-s3"), "--out", str(plain), "--ctc-weight", "0", "--ctc-beam",
-                      "1", "--tasks", "transcribe"] + common) == 0
+                      "2", "--tasks", "transcribe"] + common) == 0
     meta = json.loads((plain / "results.json").read_text())["meta"]
-    assert meta["ctc_weight"] == 0.0 and meta["ctc_beam"] == 1
+    assert meta["ctc_weight"] == 0.0 and meta["ctc_beam"] == 2
     assert "decoded by the LM alone" in (plain / "report.md").read_text()
     bare = tmp_path / "bare" / "thinker-s3"
     shutil.copytree(work / "thinker-s3", bare)

@@ -332,7 +332,7 @@ def test_the_heard_line_is_decoded_as_generate_decodes_it(models):
         embeds, _ = thinker.embed(ids, **media)  # (1, S, H)
     plain = generate(thinker.lm, ids, max_new_tokens=THINKER_TOKENS, stop_tokens=[eos], inputs_embeds=embeds)
     opened, broken = plain.tokens[0, :2].tolist()  # the reply's first two tokens stand for "<think>" and "\n"
-    heard = Heard(1.0, 0, LineEnds(_Pieces(thinker.lm.config.vocab_size, {broken}), [eos]))
+    heard = Heard(1.0, 0, LineEnds(_Pieces(thinker.lm.config.vocab_size, {broken}), [eos]), beam=3)
     guided = generate(thinker.lm, ids, max_new_tokens=THINKER_TOKENS, stop_tokens=[eos], inputs_embeds=embeds,
                       guide=heard.guide(thinker, ids, embeds, opened))
     assert guided.tokens[0, :2].tolist() == [opened, broken]

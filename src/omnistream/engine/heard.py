@@ -12,8 +12,9 @@ drops short words. Joint decoding takes the LM's top-k next tokens and scores ea
 
 where psi is the CTC prefix probability of the line written so far (every alignment of the clip whose reading starts
 with it); a token that ends the line scores the CTC probability of the whole line instead. Outside the line the LM's
-logits pass unchanged. When the line starts, a beam of HEARD_BEAM hypotheses (each on its own copy of the decoder's
-cache) searches it to its end by the sum of those scores, which only falls as a line grows, so the search stops once
+logits pass unchanged. The choice is greedy, token by token; with a beam of more hypotheses (HEARD_BEAM is 1: 4
+gained nothing on dev questions), the line is searched when it starts, each hypothesis on its own copy of the
+decoder's cache, to its end by the sum of those scores, which only falls as a line grows, so the search stops once
 an ended line beats every live one; the rule then hands out that line's tokens. The line is a transcript (a
 transcribe reply, from its first token; the reply ends with it), or the first line of a think block (`<think>` then
 a line break), where the demo model writes a spoken question as heard before working on it. `Heard` holds the weight
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 CTC_SCALE = 20.0  # cosine-similarity logit scale of the CTC classifier (AuT pretraining trains with it)
 HEARD_WEIGHT = 0.7  # w: chosen on a dev split of spoken questions (0 / 0.3 / 0.5 / 0.7 / 0.9)
 TOP_K = 8  # LM candidates rescored per step
-HEARD_BEAM = 4  # hypotheses the beam search of a heard line keeps
+HEARD_BEAM = 1  # hypotheses the beam search of a heard line keeps (1: greedy; 4 gained nothing on dev questions)
 NEG = -math.inf
 
 

@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "block's heard line (0: the LM alone; default: the checkpoint's, 0.7 for --stage)")
     p.add_argument("--ctc-beam", type=int, metavar="K",
                    help="hypotheses the beam search of a heard line keeps (1: greedy; default: the checkpoint's, "
-                        "4 for --stage)")
+                        "1 for --stage)")
     return p
 
 
