@@ -11,8 +11,29 @@ class CacheFullError(RuntimeError):
     """More tokens were fed than the cache was allocated for."""
 
 
-class KVCache:
+class _Rows:
+    """A layer's state as batch-first tensors named in `fields`: rows copied out, or reordered in place (beams)."""
+
+    fields: tuple[str, ...] = ()
+
+    def rows(self, rows: torch.Tensor):
+        """A new state of the same kind holding rows `rows` of this one."""
+        out = object.__new__(type(self))
+        for name in self.fields:
+            setattr(out, name, getattr(self, name).index_select(0, rows))
+        return out
+
+    def reorder_(self, rows: torch.Tensor) -> None:
+        """Row i becomes the old row rows[i], in place."""
+        for name in self.fields:
+            tensor = getattr(self, name)
+            tensor.copy_(tensor.index_select(0, rows))
+
+
+class KVCache(_Rows):
     """Keys and values of one attention layer, (B, H_kv, max_len, D), written in place (gpt-fast style)."""
+
+    fields = ("k", "v")
 
     def __init__(self, batch: int, heads: int, max_len: int, head_dim: int, dtype, device):
         self.k = torch.zeros(batch, heads, max_len, head_dim, dtype=dtype, device=device)
@@ -36,20 +57,11 @@ class KVCache:
         self.k.zero_()
         self.v.zero_()
 
-    def rows(self, rows: torch.Tensor) -> KVCache:
-        """A new cache holding rows `rows` of this one."""
-        out = object.__new__(KVCache)
-        out.k, out.v = self.k.index_select(0, rows), self.v.index_select(0, rows)
-        return out
 
-    def reorder_(self, rows: torch.Tensor) -> None:
-        """Row i becomes the old row rows[i], in place."""
-        self.k.copy_(self.k.index_select(0, rows))
-        self.v.copy_(self.v.index_select(0, rows))
-
-
-class DeltaNetState:
+class DeltaNetState(_Rows):
     """Last K-1 pre-conv inputs (B, conv_dim, K-1) and the fp32 delta-rule state (B, H_v, d_k, d_v)."""
+
+    fields = ("conv", "recurrent")
 
     def __init__(self, batch: int, conv_dim: int, kernel: int, heads: int, dk: int, dv: int, dtype, device):
         self.conv = torch.zeros(batch, conv_dim, kernel - 1, dtype=dtype, device=device)
@@ -58,17 +70,6 @@ class DeltaNetState:
     def reset(self) -> None:
         self.conv.zero_()
         self.recurrent.zero_()
-
-    def rows(self, rows: torch.Tensor) -> DeltaNetState:
-        """A new state holding rows `rows` of this one."""
-        out = object.__new__(DeltaNetState)
-        out.conv, out.recurrent = self.conv.index_select(0, rows), self.recurrent.index_select(0, rows)
-        return out
-
-    def reorder_(self, rows: torch.Tensor) -> None:
-        """Row i becomes the old row rows[i], in place."""
-        self.conv.copy_(self.conv.index_select(0, rows))
-        self.recurrent.copy_(self.recurrent.index_select(0, rows))
 
 
 class InferenceCache:
