@@ -47,6 +47,9 @@ def test_prefix_scores_equal_the_sum_over_alignments():
             score.push(token)
         assert score.score == pytest.approx(_brute(x, 0, prefix, whole=False), abs=1e-9)
         assert score.complete() == pytest.approx(_brute(x, 0, prefix, whole=True), abs=1e-9)
+        grown = score.extended(2)
+        assert score.prefix == prefix and grown.prefix == prefix + [2]  # the original stays as it was
+        assert grown.score == pytest.approx(_brute(x, 0, prefix + [2], whole=False), abs=1e-9)
         for c, got in zip((1, 2), score.scores([1, 2]).tolist()):
             assert got + score.score == pytest.approx(_brute(x, 0, prefix + [c], whole=False), abs=1e-9)
 
@@ -219,9 +222,7 @@ def _exhaustive(line, lm, room):
             if t in line.ends.text:
                 best = max(best, (score + j, list(history) + [t]))
             elif len(history) < room - 1:
-                grown = prefix.copy()
-                grown.push(t)
-                visit(history + (t,), grown, score + j)
+                visit(history + (t,), prefix.extended(t), score + j)
 
     visit((), line.prefix, 0.0)
     return best

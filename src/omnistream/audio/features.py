@@ -65,17 +65,20 @@ def slaney_mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: fl
     return triangles * (2.0 / (upper - lower))  # equal area per filter
 
 
+def _mel_step(n_mels: int, f_max: float) -> torch.Tensor:
+    """Mels between neighbouring bin centres of `slaney_mel_filterbank` from 0 Hz."""
+    return _hz_to_mel(torch.tensor(f_max, dtype=torch.float64)) / (n_mels + 1)
+
+
 def mel_bin_index(hz: torch.Tensor, n_mels: int = N_MELS, f_max: float = F_MAX) -> torch.Tensor:
     """Fractional position of frequencies `hz` on the grid of `slaney_mel_filterbank`'s bins from 0 Hz (0: the first
     bin's centre, 1: the second's, ...)."""
-    step = _hz_to_mel(torch.tensor(f_max, dtype=torch.float64)) / (n_mels + 1)
-    return _hz_to_mel(hz.to(torch.float64)) / step - 1.0
+    return _hz_to_mel(hz.to(torch.float64)) / _mel_step(n_mels, f_max) - 1.0
 
 
 def mel_bin_centres(n_mels: int = N_MELS, f_max: float = F_MAX) -> torch.Tensor:
     """Centre frequency in Hz of each bin of `slaney_mel_filterbank` from 0 Hz, float64 (n_mels,)."""
-    step = _hz_to_mel(torch.tensor(f_max, dtype=torch.float64)) / (n_mels + 1)
-    return _mel_to_hz(step * torch.arange(1, n_mels + 1, dtype=torch.float64))
+    return _mel_to_hz(_mel_step(n_mels, f_max) * torch.arange(1, n_mels + 1, dtype=torch.float64))
 
 
 def _check_waveform(index: int, waveform) -> torch.Tensor:

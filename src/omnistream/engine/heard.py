@@ -52,10 +52,12 @@ def ctc_log_probs(tokens: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(CTC_SCALE * F.normalize(tokens.float(), dim=-1) @ unit.T, dim=-1)
 
 
-def _check_weight(weight: float) -> None:
-    """Refuse a CTC weight outside [0, 1]."""
+def _check(weight: float, beam: int) -> None:
+    """Refuse a CTC weight outside [0, 1] or a beam of no hypothesis."""
     if not 0.0 <= weight <= 1.0:
         raise InputError(f"the CTC weight must lie in [0, 1], got {weight}")
+    if beam < 1:
+        raise InputError(f"the heard line's beam must hold at least 1 hypothesis, got {beam}")
 
 
 def _scan(start: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
@@ -101,11 +103,12 @@ class PrefixScore:
         """log psi(prefix + c) - log psi(prefix) of each candidate token c (K,)."""
         return _extend(self.x, self.blank, self.r_n, self.r_b, self._last, torch.tensor(tokens))[0] - self.score
 
-    def copy(self) -> PrefixScore:
-        """An independent prefix state for another hypothesis (the clip's log-probs shared)."""
+    def extended(self, token: int) -> PrefixScore:
+        """A new prefix state, this one's with `token` appended (the clip's log-probs shared); this one stays."""
         out = object.__new__(PrefixScore)
         out.__dict__.update(self.__dict__)
         out.prefix = list(self.prefix)
+        out.push(token)
         return out
 
     def push(self, token: int) -> None:
@@ -152,9 +155,7 @@ class HeardLine:
 
     def __init__(self, log_probs: torch.Tensor, blank: int, think_open: int | None, line_ends: LineEnds,
                  weight: float = HEARD_WEIGHT, top_k: int = TOP_K, beam: int = HEARD_BEAM):
-        _check_weight(weight)
-        if beam < 1:
-            raise InputError(f"the heard line's beam must hold at least 1 hypothesis, got {beam}")
+        _check(weight, beam)
         self.prefix = PrefixScore(log_probs, blank)
         self.think_open, self.ends = think_open, line_ends
         self.weight, self.top_k, self.beam = weight, top_k, beam
@@ -230,9 +231,7 @@ class HeardLine:
                     best = (total, live[i][0] + [t])
             if not kept or (best is not None and best[0] >= kept[0][0]):  # every score only falls as a line grows
                 break
-            live = [(live[i][0] + [t], live[i][1].copy(), total) for total, i, t in kept]
-            for (_, prefix, _), (_, _, t) in zip(live, kept):
-                prefix.push(t)
+            live = [(live[i][0] + [t], live[i][1].extended(t), total) for total, i, t in kept]
             fill = self.beam - len(kept)  # rows beyond the live ones repeat the last; their logits go unread
             work.reorder_(torch.tensor([i for _, i, _ in kept] + [kept[-1][1]] * fill, device=logits.device))
             logits = lm.decode(torch.tensor([t for _, _, t in kept] + [kept[-1][2]] * fill, device=logits.device),
@@ -249,7 +248,7 @@ class HeardLine:
             if self.plan:
                 self.plan = self.plan[1:] if token == self.plan[0] else []
             if token in self.ends.text:
-                transcript_goes_on = self.think_open is None and self.ends.stops and token not in self.ends.stops
+                transcript_goes_on = self.think_open is None and bool(self.ends.stops) and token not in self.ends.stops
                 self.state = "closing" if transcript_goes_on else "done"
             else:
                 self.prefix.push(token)
@@ -268,9 +267,7 @@ class Heard:
     beam: int = HEARD_BEAM
 
     def __post_init__(self):
-        _check_weight(self.weight)
-        if self.beam < 1:
-            raise InputError(f"the heard line's beam must hold at least 1 hypothesis, got {self.beam}")
+        _check(self.weight, self.beam)
 
     @classmethod
     def from_checkpoint(cls, directory: str | Path, tokenizer: Tokenizer, stops) -> Heard | None:
@@ -281,8 +278,8 @@ class Heard:
         weight, blank = config.get("ctc_heard_weight"), config.get("ctc_blank_token_id")
         if weight is None or blank is None:
             return None
-        return cls(float(weight), int(blank), LineEnds(tokenizer, stops), beam=int(config.get("ctc_heard_beam",
-                                                                                             HEARD_BEAM)))
+        beam = int(config.get("ctc_heard_beam", HEARD_BEAM))
+        return cls(float(weight), int(blank), LineEnds(tokenizer, stops), beam=beam)
 
     def guide(self, thinker: Thinker, input_ids: torch.Tensor, embeds: torch.Tensor, think_open: int | None,
               transcript: bool = False) -> HeardLine | None:

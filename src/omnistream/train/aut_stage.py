@@ -14,13 +14,13 @@ clips (measured: after 1200 S2 steps with CTC as an auxiliary loss the encoder's
 still 57-74% wrong). Thinker S1 and S2 keep the same CTC term (`ctc_loss`) beside their next-token loss.
 
 Augmentation (on by default), because the encoder must hear voices it never trained on: every clip is played at a
-random speed (x0.85-1.15, pitch and tempo together, as Kaldi's speed perturbation); with `timbre` (on by default) its
-log-mel is then warped along frequency as another vocal tract would shape it (VTLP, x0.88-1.12 independent of the
-speed) and coloured by a random smooth filter (up to 6 dB), since a held-out voice differs from the training voices
-in timbre more than in pitch; last come SpecAugment masks (two bands of up to 16 mel bins, two spans of up to 20
-frames). Measured without it: held-out sentences said
-by training voices 11-12% greedy CTC error, by the held-out voices 18-39% (and 43-68% on the held-out items).
-Each draw is seeded by (seed, step, clip), so a resumed run sees the same batches.
+random speed (x0.85-1.15, pitch and tempo together, as Kaldi's speed perturbation); with `timbre` (on by default)
+its log-mel is then warped along frequency as another vocal tract would shape it (VTLP, x0.88-1.12 independent of
+the speed) and coloured by a random smooth filter (up to 6 dB), since a held-out voice differs from the training
+voices in timbre more than in pitch; last come SpecAugment masks (two bands of up to 16 mel bins, two spans of up to
+20 frames). Measured without it: held-out sentences said by training voices 11-12% greedy CTC error, by the held-out
+voices 18-39% (and 43-68% on the held-out items). Each draw is seeded by (seed, step, clip), so a resumed run sees
+the same batches.
 
 Number drills: where DATA_DIR holds numbers.jsonl (`omnistream data synth --tasks numbers --name numbers`; `make
 demo-data` writes it), its clips, lists of three to five numbers said half by the crowd, join the split's. A spoken
