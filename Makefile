@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: test setup speech run bench clean demo demo-data demo-thinker demo-codec demo-model eval eval-setup
+.PHONY: test setup speech run bench clean demo demo-data demo-thinker demo-codec demo-model demo-more eval eval-setup
 
 # the self-trained demo model: data and checkpoints live outside git (regenerated from SEED)
 DATA ?= runs/data
@@ -69,6 +69,21 @@ demo-codec: demo-data
 demo-model: demo-thinker demo-codec
 	for stage in $(TALKER_RECIPE); do $(TRAIN) $$stage --data $(DATA) --work $(WORK) || exit 1; done
 	rm -rf checkpoints/demo && mkdir -p checkpoints && cp -r $(WORK)/demo checkpoints/demo
+
+# Trains more from the shipped model (warm starts) in MORE, a work directory of its own: its tokenizer and frozen
+# codec as they are, more AuT on its audio encoder, S2 and S3 from there, the Talker stages from its Talker, then
+# export to MORE/demo.
+INIT ?= checkpoints/demo
+MORE ?= runs/more
+demo-more: demo-data
+	$(TRAIN) tokenizer --init $(INIT) --data $(DATA) --work $(MORE)
+	$(TRAIN) codec --init $(INIT) --data $(DATA) --work $(MORE)
+	$(TRAIN) thinker-aut --init $(INIT) --data $(DATA) --work $(MORE)
+	$(TRAIN) thinker-s2 --init $(MORE)/thinker-aut/checkpoint.pt --data $(DATA) --work $(MORE)
+	$(TRAIN) thinker-s3 --data $(DATA) --work $(MORE)
+	$(TRAIN) talker-general --init $(INIT) --data $(DATA) --work $(MORE)
+	for stage in talker-long talker-dpo talker-speaker talker-mtp export; do \
+		$(TRAIN) $$stage --data $(DATA) --work $(MORE) || exit 1; done
 
 # Held-out evaluation (Whisper judge, speaker similarity; the eval extra)
 EVAL_DATA ?= runs/eval-data

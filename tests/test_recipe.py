@@ -135,8 +135,52 @@ def test_aut_beside_the_lm_stages_then_s1_joins_them(recipe, tmp_path, capsys):
     key = "lm.model.embed_tokens.weight"
     assert not torch.equal(heard[key], drill[key])  # AuT's own LM (the stopped thinker-text's) is left behind
     capsys.readouterr()
-    assert run(["train", "thinker-s2", "--init", "x.pt"] + mine) == 2 and "--init is for" in capsys.readouterr().err
+    assert run(["train", "thinker-s2", "--init", "x.pt"] + mine) == 2 and "x.pt: no such" in capsys.readouterr().err
     assert run(text + ["--stop-at", "0"]) == 2 and "--stop-at 0" in capsys.readouterr().err
+
+
+def test_warm_starts_from_the_shipped_model(recipe, tmp_path, capsys):
+    """A fresh work directory takes the shipped tokenizer and frozen codec as they are, and its Thinker and Talker
+    stages start from the shipped Thinker and Talker (fp32 copies of the fp16 weights)."""
+    from omnistream.train.recipe import _talker_init
+    from omnistream.voice import load_audio_tokenizer
+    from omnistream.weights import load_omni
+
+    data, work, common = recipe
+    demo, warm = work / "demo", tmp_path / "warm"
+    mine = ["--data", str(data), "--work", str(warm)] + common[4:]
+    for stage in ("tokenizer", "codec"):
+        assert run(["train", stage, "--init", str(demo)] + mine) == 0, stage
+    assert (warm / "tokenizer" / "tokenizer.json").read_bytes() == (demo / "tokenizer.json").read_bytes()
+    shipped, taken = (load_audio_tokenizer(d).state_dict() for d in (demo, warm / "codec" / "export"))
+    assert shipped.keys() == taken.keys() and all(torch.equal(shipped[k], taken[k]) for k in shipped)
+    thinker, talker, code2wav, _ = load_omni(demo)
+    from omnistream.train.codec_stage import load_code2wav
+
+    rendered = load_code2wav(warm / "codec" / "export").state_dict()
+    assert all(torch.equal(v, rendered[k]) for k, v in code2wav.state_dict().items())
+    assert run(["train", "thinker-s2", "--init", str(demo), "--steps", "2", "--batch", "2"] + mine) == 0
+    start = torch.load(warm / "thinker-s2" / "init.pt", weights_only=True)
+    trained = torch.load(work / "thinker-s3" / "checkpoint.pt", weights_only=False)["model"]
+    assert start.keys() == trained.keys() and all(torch.equal(v, trained[k].half().float()) for k, v in start.items())
+    assert json.loads((warm / "thinker-s2" / "summary.json").read_text())["steps"] == 2
+    state = _talker_init(warm, "talker-general", str(demo))
+    mtp = torch.load(work / "talker-mtp" / "checkpoint.pt", weights_only=False)["model"]
+    assert state.keys() == mtp.keys() and all(torch.equal(v, mtp[k].half().float()) for k, v in state.items())
+    assert _talker_init(warm, "talker-long", str(work / "talker-mtp" / "checkpoint.pt")).keys() == mtp.keys()
+    other = tmp_path / "other"  # a work directory whose tokenizer is not the shipped one
+    shutil.copytree(work / "tokenizer", other / "tokenizer")
+    (other / "tokenizer" / "tokenizer.json").write_text("{}")
+    cases = [(["thinker-s2", "--init", str(demo)], other, "its tokenizer is not"),
+             (["tokenizer", "--init", str(demo)], other, "holds another tokenizer"),
+             (["codec", "--init", str(work / "thinker-s3" / "checkpoint.pt")], warm, "shipped checkpoint directory"),
+             (["thinker-s2", "--init", str(work)], warm, "no config.json"),
+             (["export", "--init", str(demo)], warm, "export assembles")]
+    capsys.readouterr()
+    for argv, where, message in cases:
+        assert run(["train"] + argv + ["--data", str(data), "--work", str(where)] + common[4:]) == 2, message
+        err = capsys.readouterr().err
+        assert "omnistream: error:" in err and message in err, (message, err)
 
 
 def test_a_thinker_stage_is_evaluated_in_text(recipe, tmp_path, capsys):

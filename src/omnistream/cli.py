@@ -120,8 +120,9 @@ def run_demo(args: argparse.Namespace) -> None:
     directory = Path(args.checkpoint)
     if not (directory / "config.json").is_file():
         if directory.resolve() == DEMO_CHECKPOINT.resolve():
-            raise InputError(f"no model at {directory}: the demo model has not shipped yet; `make demo-model` trains "
-                             f"it (hours on CPU), or give --checkpoint DIR")
+            raise InputError(f"no model at {directory}: the demo model ships in git there (`git checkout -- "
+                             f"checkpoints/demo` restores it); `make demo-model` trains it again (hours on CPU), or "
+                             f"give --checkpoint DIR")
         raise InputError(f"no model at {directory}: --checkpoint needs a directory with config.json")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: CUDA is not available on this machine")

@@ -281,9 +281,13 @@ def save_codec(module: nn.Module, directory: str | Path) -> tuple[Path, Path]:
     .save_audio_tokenizer) and the exported Code2Wav (`code2wav.*` tensors in code2wav.safetensors,
     `code2wav_config` merged into config.json; also listed in model.safetensors.index.json when the directory
     has one). Returns the two safetensors paths."""
+    return write_codec(*_unwrap(module).export(), directory)
+
+
+def write_codec(tokenizer: AudioTokenizer, code2wav: Code2Wav, directory: str | Path) -> tuple[Path, Path]:
+    """Write an audio tokenizer and its Code2Wav as save_codec does (also for a shipped codec taken as it is)."""
     from ..voice import save_audio_tokenizer
 
-    tokenizer, code2wav = _unwrap(module).export()
     directory = Path(directory)
     tok_path = save_audio_tokenizer(tokenizer, directory)
     tensors = {CODE2WAV_PREFIX + k: v.detach().contiguous().cpu() for k, v in code2wav.state_dict().items()}

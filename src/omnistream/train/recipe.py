@@ -9,6 +9,10 @@ WORK/<stage>/ holds checkpoint.pt, loss.png and history.json; WORK/tokenizer the
 frozen codec; `export` writes WORK/demo (fp16 safetensors + config + tokenizer + a spoken question), the layout of
 checkpoints/demo. A stopped stage resumes where it stopped when run again (unless --fresh). Under
 `torchrun --nproc_per_node N -m omnistream.cli train STAGE ...` the stage runs sharded with FSDP2.
+
+Warm starts: `--init DIR` names a shipped checkpoint (checkpoints/demo). `tokenizer` and `codec` then take its
+tokenizer and frozen codec as they are; a Thinker or Talker stage starts from its Thinker or Talker instead of the
+previous stage's checkpoint. `--init FILE` starts a stage from a checkpoint.pt of a stage of the same model.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ PREVIOUS = {"thinker-drill": "thinker-text", "thinker-aut": "thinker-drill", "th
 # default (steps, lr, batch) per stage at the demo size; --steps / --lr / --batch override
 DEFAULTS = {"codec": (10000, 1e-3, 8), "thinker-text": (7000, 2e-3, 16), "thinker-drill": (2400, 1e-3, 64),
             "thinker-aut": (3000, 2e-3, 32), "thinker-s1": (400, 2e-3, 8), "thinker-s2": (4000, 1e-3, 8),
-            "thinker-s3": (400, 5e-4, 4), "talker-general": (3000, 1e-3, 8), "talker-fixed": (3000, 1e-3, 8),
+            "thinker-s3": (400, 2e-4, 4), "talker-general": (3000, 1e-3, 8), "talker-fixed": (3000, 1e-3, 8),
             "talker-long": (300, 5e-4, 4), "talker-dpo": (100, 1e-5, 4), "talker-speaker": (300, 5e-4, 8),
             "talker-mtp": (3000, 1e-3, 512), "talker-fixed-mtp": (3000, 1e-3, 512)}
 # the spoken questions shipped with the demo model: language -> draw of the held-out arithmetic generator
@@ -78,9 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-at", type=int, metavar="N",
                    help="end this run after step N with a checkpoint; the schedule stays that of --steps, and a run "
                         "without it goes on from there")
-    p.add_argument("--init", metavar="FILE",
-                   help="thinker-aut: start from this Thinker checkpoint (e.g. a copy of thinker-text's, taken with "
-                        "--stop-at) instead of thinker-drill's, so that AuT can train beside the LM stages")
+    p.add_argument("--init", metavar="PATH",
+                   help="start from this model instead of the previous stage's: a shipped checkpoint directory "
+                        "(checkpoints/demo; tokenizer and codec are taken as they are) or a stage's checkpoint.pt "
+                        "(e.g. a copy of thinker-text's taken with --stop-at, so that thinker-aut trains beside it)")
     p.add_argument("--lr", type=float)
     p.add_argument("--batch", type=int, metavar="B")
     p.add_argument("--seed", type=int, default=0)
@@ -179,22 +184,18 @@ def _stage(args: argparse.Namespace, work: Path, data: Path):
 
         make = CodecStage.tiny if size == "tiny" else CodecStage.demo
         return make(data, seed=args.seed, batch_size=batch)
-    if name == "thinker-aut":
-        from .aut_stage import AutStage
-
-        init = Path(args.init) if args.init else _checkpoint(work, PREVIOUS[name])
-        return AutStage(data, work / "tokenizer", size, init, batch_size=batch, seed=args.seed)
     if name.startswith("thinker-"):
+        init = _thinker_init(work, name, args.init)
+        if name == "thinker-aut":
+            from .aut_stage import AutStage
+
+            return AutStage(data, work / "tokenizer", size, init, batch_size=batch, seed=args.seed)
         from .thinker_stages import ThinkerStage
 
-        if name == "thinker-s1":
-            init = _heard_drill(work)
-        else:
-            init = _checkpoint(work, PREVIOUS[name]) if name in PREVIOUS else None
         return ThinkerStage(name.split("-", 1)[1], data, work / "tokenizer", size, init, batch_size=batch,
                             seed=args.seed, generated=args.generated)
     thinker, tok, tokens, config, raw, items = _talker_setup(work, data, size)
-    init = _model_state(work, PREVIOUS[name]) if name in PREVIOUS else None
+    init = _talker_init(work, name, args.init)
     if name == "talker-dpo":
         from ..talker import Talker
         from .codec_stage import load_code2wav
@@ -224,18 +225,80 @@ def _stage(args: argparse.Namespace, work: Path, data: Path):
                        init=init)
 
 
-def _heard_drill(work: Path) -> Path:
-    """S1's start: the drill's Thinker with thinker-aut's audio encoder (the only part AuT trains), written to
-    WORK/thinker-s1/init.pt; the same as thinker-aut's checkpoint when AuT started from the drill. Written to a
-    private file and renamed, so that torchrun's processes never read one another's half-written copy."""
-    state = _model_state(work, "thinker-drill")
-    state.update({k: v for k, v in _model_state(work, "thinker-aut").items() if k.startswith("audio_tower.")})
-    path = work / "thinker-s1" / "init.pt"
+def _thinker_init(work: Path, stage: str, init: str | None) -> Path | None:
+    """A Thinker stage's start: `init` (a checkpoint.pt, or a shipped directory's Thinker in fp32), else the
+    previous stage's checkpoint; S1's is the drill's Thinker with thinker-aut's audio encoder (the only part AuT
+    trains), the same as thinker-aut's checkpoint when AuT started from the drill."""
+    if init is not None and not Path(init).is_dir():
+        return Path(init)
+    if init is not None:
+        from ..weights import load_omni_thinker
+
+        state = load_omni_thinker(_shipped(Path(init), work)).state_dict()
+    elif stage == "thinker-s1":
+        state = _model_state(work, "thinker-drill")
+        state.update({k: v for k, v in _model_state(work, "thinker-aut").items() if k.startswith("audio_tower.")})
+    else:
+        return _checkpoint(work, PREVIOUS[stage]) if stage in PREVIOUS else None
+    return _write_init(state, work / stage / "init.pt")
+
+
+def _write_init(state: dict, path: Path) -> Path:
+    """Save a start state to `path` through a private file renamed into place, so that torchrun's processes never
+    read one another's half-written copy."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(f"init.{os.getpid()}.part")
+    part = path.with_name(f"{path.stem}.{os.getpid()}.part")
     torch.save(state, part)
     os.replace(part, path)
     return path
+
+
+def _talker_init(work: Path, stage: str, init: str | None) -> dict | None:
+    """A Talker stage's start (a TalkerLoss state dict): `init` (a Talker stage's checkpoint.pt, or a shipped
+    directory's Talker in fp32), else the previous stage's checkpoint, else none (a fresh Talker)."""
+    if init is None:
+        return _model_state(work, PREVIOUS[stage]) if stage in PREVIOUS else None
+    if Path(init).is_dir():
+        from ..weights import load_omni
+
+        talker = load_omni(_shipped(Path(init), work))[1]
+        return {"talker." + k: v for k, v in talker.state_dict().items()}
+    if not Path(init).is_file():
+        raise TrainError(f"--init {init}: no such checkpoint")
+    state = torch.load(init, map_location="cpu", weights_only=False)
+    return state.get("model", state)
+
+
+def _shipped(init: Path, work: Path) -> Path:
+    """A shipped checkpoint directory whose tokenizer is WORK's (its models read their own token ids)."""
+    for name in ("config.json", "tokenizer.json"):
+        if not (init / name).is_file():
+            raise TrainError(f"--init {init}: no {name}; give a shipped checkpoint directory (checkpoints/demo)")
+    ours = work / "tokenizer" / "tokenizer.json"
+    if not ours.is_file() or ours.read_bytes() != (init / "tokenizer.json").read_bytes():
+        raise TrainError(f"--init {init}: its tokenizer is not {ours}; take it first with `omnistream train "
+                         f"tokenizer --init {init}` (in a work directory of its own)")
+    return init
+
+
+def _take_shipped(stage: str, init: Path, work: Path) -> None:
+    """tokenizer / codec --init DIR: copy the shipped tokenizer, or write the shipped (frozen) codec to
+    WORK/codec/export, where the Talker stages and export read it."""
+    if stage == "tokenizer":
+        mine = work / "tokenizer"
+        if (mine / "tokenizer.json").is_file() and (mine / "tokenizer.json").read_bytes() != (
+                init / "tokenizer.json").read_bytes():
+            raise TrainError(f"--init {init}: {mine} holds another tokenizer; warm starts need a work directory "
+                             f"of their own")
+        mine.mkdir(parents=True, exist_ok=True)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(init / name, mine / name)
+        return
+    from ..weights import load_omni
+    from .codec_stage import write_codec
+
+    code2wav = load_omni(_shipped(init, work))[2]
+    write_codec(load_audio_tokenizer(init), code2wav, work / "codec" / "export")
 
 
 def _tokenizer(work: Path, data: Path, vocab_size: int) -> None:
@@ -308,13 +371,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not (data / "train.jsonl").is_file():
             raise TrainError(f"no {data / 'train.jsonl'}; write it with `omnistream data synth --out {data}`")
-        if args.init and args.stage != "thinker-aut":
-            raise TrainError(f"--init is for thinker-aut, not {args.stage}")
+        if args.init and args.stage == "export":
+            raise TrainError("--init starts a training stage; export assembles WORK's stages")
+        if args.init and not Path(args.init).exists():
+            raise TrainError(f"--init {args.init}: no such file or directory")
+        if args.init and args.stage in ("tokenizer", "codec") and not Path(args.init).is_dir():
+            raise TrainError(f"--init {args.init}: {args.stage} takes a shipped checkpoint directory's")
         if args.stop_at is not None and args.stop_at < 1:
             raise TrainError(f"--stop-at {args.stop_at}: give a step of 1 or more")
         work.mkdir(parents=True, exist_ok=True)
         done = work / args.stage / "summary.json"
-        if args.stage == "tokenizer":
+        if args.stage in ("tokenizer", "codec") and args.init:
+            _take_shipped(args.stage, Path(args.init), work)
+        elif args.stage == "tokenizer":
             if args.fresh or not (work / "tokenizer" / "tokenizer.json").is_file():
                 _tokenizer(work, data, args.vocab_size)
         elif args.stage == "export":

@@ -395,9 +395,12 @@ class ThinkerDataset:
         self.items = chosen + generated_items(generated, seed)
         if not self.items:
             raise ValueError(f"no items of the tasks {', '.join(tasks)}")
-        # "chat" with spelled_media: each drawn image or video item once more, spelled (after the items)
+        # "chat" with spelled_media: each drawn image or video item once more, spelled (after the items); "long":
+        # each item once more as its own one-turn chat, so that long context does not unlearn the one-turn replies
         self.copies = [i for i, it in enumerate(self.items) if it["task"] in MEDIA_TASKS] if spelled_media else []
-        if (self.copies or fresh) and kind != "chat":
+        if kind == "long":
+            self.copies = list(range(len(self.items)))
+        if (spelled_media or fresh) and kind != "chat":
             raise ValueError("spelled media copies and fresh items belong to the \"chat\" kind")
         # `fresh` items an epoch from the drill's endless generator, indices len(self) + epoch * fresh + j
         self.fresh, self.drill = fresh, DrillDataset(builder, seed)
@@ -426,7 +429,7 @@ class ThinkerDataset:
         """What example `index` is made of: "text" / "spelled" / "chat" / "recording" / "dialogue" and its item
         indices."""
         if index >= len(self.items):
-            return "spelled", [self.copies[index - len(self.items)]]
+            return "chat" if self.kind == "long" else "spelled", [self.copies[index - len(self.items)]]
         if self.kind == "text":
             return _text_form(self.items[index]), [index]
         if self.kind == "chat":
