@@ -175,6 +175,7 @@ def test_warm_starts_from_the_shipped_model(recipe, tmp_path, capsys):
              (["tokenizer", "--init", str(demo)], other, "holds another tokenizer"),
              (["codec", "--init", str(work / "thinker-s3" / "checkpoint.pt")], warm, "shipped checkpoint directory"),
              (["thinker-s2", "--init", str(work)], warm, "no config.json"),
+             (["talker-general", "--init", str(work / "thinker-s3" / "checkpoint.pt")], warm, "not a Talker stage's"),
              (["export", "--init", str(demo)], warm, "export assembles")]
     capsys.readouterr()
     for argv, where, message in cases:

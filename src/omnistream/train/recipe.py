@@ -195,8 +195,8 @@ def _stage(args: argparse.Namespace, work: Path, data: Path):
 
         return ThinkerStage(name.split("-", 1)[1], data, work / "tokenizer", size, init, batch_size=batch,
                             seed=args.seed, generated=args.generated)
-    thinker, tok, tokens, config, raw, items = _talker_setup(work, data, size)
     init = _talker_init(work, name, args.init)
+    thinker, tok, tokens, config, raw, items = _talker_setup(work, data, size)
     if name == "talker-dpo":
         from ..talker import Talker
         from .codec_stage import load_code2wav
@@ -267,7 +267,10 @@ def _talker_init(work: Path, stage: str, init: str | None) -> dict | None:
     if not Path(init).is_file():
         raise TrainError(f"--init {init}: no such checkpoint")
     state = torch.load(init, map_location="cpu", weights_only=False)
-    return state.get("model", state)
+    state = state.get("model", state)
+    if not all(k.startswith("talker.") for k in state):
+        raise TrainError(f"--init {init}: not a Talker stage's checkpoint (its tensors are not the Talker's)")
+    return state
 
 
 def _shipped(init: Path, work: Path) -> Path:
@@ -377,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.init and not Path(args.init).exists():
             raise TrainError(f"--init {args.init}: no such file or directory")
         if args.init and args.stage in ("tokenizer", "codec") and not Path(args.init).is_dir():
-            raise TrainError(f"--init {args.init}: {args.stage} takes a shipped checkpoint directory's")
+            raise TrainError(f"--init {args.init}: {args.stage} takes a shipped checkpoint directory "
+                             f"(checkpoints/demo)")
         if args.stop_at is not None and args.stop_at < 1:
             raise TrainError(f"--stop-at {args.stop_at}: give a step of 1 or more")
         work.mkdir(parents=True, exist_ok=True)

@@ -25,11 +25,11 @@ Stages (`ThinkerStage(kind, ...)`, each a `Stage` of the shared loop; `init` sta
 Loss: next-token cross-entropy summed over the target tokens of this rank's rows, divided by the target tokens
 of the whole global batch / world, so ranks add up to the global token mean (the single-process curve) whatever the
 split; plus `router_aux_loss_coef` x the MoE load-balancing loss when the router trains (not in s1, where the LM is
-frozen); plus, in s1 and s2, `ctc_coef` x the AuT pretraining's CTC loss (aut_stage.ctc_loss: the audio encoder's
+frozen); plus, in s1, s2 and s3, `ctc_coef` x the AuT pretraining's CTC loss (aut_stage.ctc_loss: the audio encoder's
 tokens against the token ids of what the audio says, classified by the LM's own embedding table) on transcripts
 and spoken questions, normalised the same way: a direct signal to the encoder that the next-token loss alone gives
-only through the whole LM (measured: ASR was still at 80-90% WER after 2400 S2 steps without it); plus, in s1 and
-s2, `ground_coef` x vision_grounding's loss (the merged vision tokens of drawn scenes regressed onto the spelled
+only through the whole LM (measured: ASR was still at 80-90% WER after 2400 S2 steps without it); plus, in s1, s2
+and s3, `ground_coef` x vision_grounding's loss (the merged vision tokens of drawn scenes regressed onto the spelled
 embeddings of their cells, per grounded token, normalised the same way).
 Logged: "loss", "ce" (the token mean), "aux" (the balancing loss itself), "ctc" (per target token) and "ground".
 
