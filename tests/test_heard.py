@@ -148,6 +148,7 @@ def test_a_transcript_ends_the_reply_with_its_line_and_a_think_line_does_not(tok
         think.push(token)
     assert torch.equal(think(logits), logits)  # the think block goes on after its heard line
 
+
 def test_the_clip_outvotes_the_lm_on_a_word_it_does_not_say(tokenizer):
     v, blank = tokenizer.vocab_size, tokenizer.pad_id
     said, other = tokenizer.encode("fox")[0], tokenizer.encode("dog")[0]

@@ -264,8 +264,6 @@ def _talker_init(work: Path, stage: str, init: str | None) -> dict | None:
 
         talker = load_omni(_shipped(Path(init), work))[1]
         return {"talker." + k: v for k, v in talker.state_dict().items()}
-    if not Path(init).is_file():
-        raise TrainError(f"--init {init}: no such checkpoint")
     state = torch.load(init, map_location="cpu", weights_only=False)
     state = state.get("model", state)
     if not all(k.startswith("talker.") for k in state):
@@ -278,25 +276,33 @@ def _shipped(init: Path, work: Path) -> Path:
     for name in ("config.json", "tokenizer.json"):
         if not (init / name).is_file():
             raise TrainError(f"--init {init}: no {name}; give a shipped checkpoint directory (checkpoints/demo)")
-    ours = work / "tokenizer" / "tokenizer.json"
-    if not ours.is_file() or ours.read_bytes() != (init / "tokenizer.json").read_bytes():
-        raise TrainError(f"--init {init}: its tokenizer is not {ours}; take it first with `omnistream train "
-                         f"tokenizer --init {init}` (in a work directory of its own)")
+    if _tokenizer_differs(init, work) is not False:
+        raise TrainError(f"--init {init}: its tokenizer is not {work / 'tokenizer'}'s; take it first with `omnistream "
+                         f"train tokenizer --init {init}` (in a work directory of its own)")
     return init
+
+
+def _tokenizer_differs(init: Path, work: Path) -> bool | None:
+    """Whether WORK/tokenizer holds another tokenizer than the directory `init` (None: WORK has none yet)."""
+    ours = work / "tokenizer" / "tokenizer.json"
+    return ours.read_bytes() != (init / "tokenizer.json").read_bytes() if ours.is_file() else None
+
+
+def _copy_tokenizer(source: Path, target: Path) -> None:
+    """The tokenizer files of directory `source` into `target`."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(source / name, target / name)
 
 
 def _take_shipped(stage: str, init: Path, work: Path) -> None:
     """tokenizer / codec --init DIR: copy the shipped tokenizer, or write the shipped (frozen) codec to
     WORK/codec/export, where the Talker stages and export read it."""
     if stage == "tokenizer":
-        mine = work / "tokenizer"
-        if (mine / "tokenizer.json").is_file() and (mine / "tokenizer.json").read_bytes() != (
-                init / "tokenizer.json").read_bytes():
-            raise TrainError(f"--init {init}: {mine} holds another tokenizer; warm starts need a work directory "
-                             f"of their own")
-        mine.mkdir(parents=True, exist_ok=True)
-        for name in ("tokenizer.json", "tokenizer_config.json"):
-            shutil.copy(init / name, mine / name)
+        if _tokenizer_differs(init, work):
+            raise TrainError(f"--init {init}: {work / 'tokenizer'} holds another tokenizer; warm starts need a work "
+                             f"directory of their own")
+        _copy_tokenizer(init, work / "tokenizer")
         return
     from ..weights import load_omni
     from .codec_stage import write_codec
@@ -355,8 +361,7 @@ def _export_one(work: Path, out: Path, thinker, tok, codec, code2wav, config, ta
     talker = Talker(config)
     talker.load_state_dict({k[len("talker."):]: v for k, v in _model_state(work, talker_stage).items()})
     save_omni(out, thinker, talker, code2wav, speech_tokens(tok), codec)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(work / "tokenizer" / name, out / name)
+    _copy_tokenizer(work / "tokenizer", out)
     saved = json.loads((out / "config.json").read_text())
     saved["processor_config"] = {"layout": "qwen3.5-omni", "image_pixels": list(IMAGE_PIXELS),
                                  "video_pixels": list(VIDEO_PIXELS)}
