@@ -388,6 +388,22 @@ def test_batches_are_deterministic_and_ranks_add_up_to_the_global_batch(dataset)
         ThinkerStage("s4", root / "data", root / "tok")
 
 
+def test_s2_augments_its_audio_per_step_without_time_masks_and_keeps_cached_examples(dataset):
+    root, _, _ = dataset
+    plain = ThinkerStage("s2", root / "data", root / "tok", size="tiny", batch_size=4, seed=3, generated=0)
+    aug = ThinkerStage("s2", root / "data", root / "tok", size="tiny", batch_size=4, seed=3, generated=0, augment=True)
+    step = next(s for s in range(20) if "audio_features" in plain.batch(s, 0, 1))
+    clean, a, b = plain.batch(step, 0, 1), aug.batch(step, 0, 1), aug.batch(step, 0, 1)
+    assert torch.equal(a["audio_features"], b["audio_features"])  # seeded by (seed, step, rank, audio)
+    assert a["audio_features"].shape == clean["audio_features"].shape and a["audio_lengths"] == clean["audio_lengths"]
+    assert torch.equal(a["input_ids"], clean["input_ids"]) and a["spoken"] == clean["spoken"]
+    for f, g, n in zip(a["audio_features"], clean["audio_features"], a["audio_lengths"]):
+        assert not torch.equal(f[:, :n], g[:, :n])
+        assert f[:, :n].std(0).min() > 0  # no frame masked flat across the bins (a time mask would)
+    assert torch.equal(plain.batch(step, 0, 1)["audio_features"], clean["audio_features"])  # the cache is untouched
+    assert not ThinkerStage("text", root / "data", root / "tok", size="tiny", augment=True).augment
+
+
 def test_s2_practises_fresh_generated_items_every_epoch(dataset):
     root, _, tok = dataset
     make = lambda **kw: ThinkerStage("s2", root / "data", root / "tok", size="tiny", batch_size=4, seed=3,

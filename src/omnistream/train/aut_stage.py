@@ -98,9 +98,9 @@ def perturb_speed(wave: np.ndarray, factor: float, rate: int = 16000) -> np.ndar
     return soxr.resample(wave, round(rate * factor), rate).astype(np.float32, copy=False)
 
 
-def spec_augment(features: torch.Tensor, length: int, rng: random.Random) -> torch.Tensor:
-    """SpecAugment of one log-mel (mels, T) with `length` valid frames: frequency bands and time spans set to the
-    clip's mean."""
+def spec_augment(features: torch.Tensor, length: int, rng: random.Random, time_masks: int = TIME_MASKS) -> torch.Tensor:
+    """SpecAugment of one log-mel (mels, T) with `length` valid frames: frequency bands and `time_masks` time spans
+    set to the clip's mean."""
     out = features.clone()
     fill = float(out[:, :length].mean())
     mels = out.shape[0]
@@ -108,7 +108,7 @@ def spec_augment(features: torch.Tensor, length: int, rng: random.Random) -> tor
         width = rng.randint(0, MEL_MASK_BINS)
         start = rng.randint(0, mels - width)
         out[start : start + width, :length] = fill
-    for _ in range(TIME_MASKS):
+    for _ in range(time_masks):
         width = rng.randint(0, min(TIME_MASK_FRAMES, length // 5))
         start = rng.randint(0, length - width)
         out[:, start : start + width] = fill
@@ -139,6 +139,14 @@ def colour_spectrum(features: torch.Tensor, length: int, rng: random.Random) -> 
     out = features.clone()
     out[:, :length] += (TILT / 3) * curve[:, None]
     return out
+
+
+def augment_features(features: torch.Tensor, length: int, rng: random.Random, *, timbre: bool = True,
+                     time_masks: int = TIME_MASKS) -> torch.Tensor:
+    """One clip's log-mel (mels, T) augmented: another vocal tract and filter (with `timbre`), then SpecAugment."""
+    if timbre:
+        features = colour_spectrum(warp_vocal_tract(features, rng.uniform(*WARPS)), length, rng)
+    return spec_augment(features, length, rng, time_masks)
 
 
 def heard_clips(items: list[dict]) -> list[tuple[str, str]]:
@@ -207,16 +215,11 @@ class AutStage:
         features, mask = log_mel(waves, n_mels=128)  # (b, mels, T), (b, T)
         lengths = mask.sum(-1).tolist()
         if self.augment:
-            features = torch.stack([self._augment(f, n, r) for f, n, r in zip(features, lengths, rngs)])
+            features = torch.stack([augment_features(f, n, r, timbre=self.timbre)
+                                    for f, n, r in zip(features, lengths, rngs)])
         return {"audio_features": features, "audio_lengths": lengths,
                 "spoken": [self.targets[i] for i in mine],
                 "norm": max(1, sum(len(self.targets[i]) for i in chosen)) / world}
-
-    def _augment(self, features: torch.Tensor, length: int, rng: random.Random) -> torch.Tensor:
-        """One clip's log-mel (mels, T) augmented: another vocal tract and filter (with `timbre`), then SpecAugment."""
-        if self.timbre:
-            features = colour_spectrum(warp_vocal_tract(features, rng.uniform(*WARPS)), length, rng)
-        return spec_augment(features, length, rng)
 
     def loss(self, module: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         device = next(module.parameters()).device

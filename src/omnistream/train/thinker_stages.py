@@ -41,6 +41,7 @@ mixed, batch order shuffled; rank r takes rows r*B/world .. (r+1)*B/world: a pur
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import torch
@@ -52,7 +53,7 @@ from ..data import read_items
 from ..processor import Tokenizer
 from ..thinker import Thinker
 from . import distributed as dist
-from .aut_stage import ctc_loss, embedding_table
+from .aut_stage import augment_features, ctc_loss, embedding_table
 from .loop import TrainError
 from .thinker_data import IGNORE, MULTITASK, DrillDataset, ExampleBuilder, ThinkerDataset, collate
 from .tokenizer import special_ids
@@ -164,7 +165,7 @@ class ThinkerStage:
                  init: str | Path | None = None, *, batch_size: int = 8, seed: int = 0, split: str = "train",
                  tasks: tuple[str, ...] = MULTITASK, limit: int | None = None, aux_coef: float | None = None,
                  ctc_coef: float = 1.0, ground_coef: float = 1.0, generated: int | None = None,
-                 device: str | torch.device | None = None):
+                 augment: bool = False, device: str | torch.device | None = None):
         if kind not in STAGES:
             raise TrainError(f"unknown thinker stage {kind!r}; expected one of {', '.join(STAGES)}")
         data = check_inputs(size, batch_size, data_dir, split, tokenizer_dir, init)
@@ -176,6 +177,7 @@ class ThinkerStage:
         self.aux_coef = self.configs[0].router_aux_loss_coef if aux_coef is None else aux_coef
         self.ctc_coef = ctc_coef if kind in ("s1", "s2", "s3") else 0.0
         self.ground_coef = ground_coef if kind in ("s1", "s2", "s3") else 0.0
+        self.augment = augment and kind in ("s1", "s2", "s3")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         builder = ExampleBuilder(self.tokenizer, self.configs[1], self.configs[2])
         if kind == "drill":
@@ -249,6 +251,11 @@ class ThinkerStage:
         share = self.batch_size // world
         mine = chosen[rank * share : (rank + 1) * share]
         out = collate([self.data.example(i) for i in mine], self.ids["pad_token_id"])
+        if self.augment and "audio_features" in out:
+            rngs = [random.Random(f"omnistream.{self.name}/{self.seed}/{step}/{rank}/{j}")
+                    for j in range(len(out["audio_lengths"]))]
+            out["audio_features"] = torch.stack([augment_features(f, n, r, time_masks=0) for f, n, r in
+                                                 zip(out["audio_features"], out["audio_lengths"], rngs)])
         out["norm"] = sum(self.data.target_count(i) for i in chosen) / world
         if self.ctc_coef:
             out["ctc_norm"] = max(1, sum(self.data.spoken_count(i) for i in chosen)) / world
