@@ -168,6 +168,13 @@ def test_warm_starts_from_the_shipped_model(recipe, tmp_path, capsys):
     mtp = torch.load(work / "talker-mtp" / "checkpoint.pt", weights_only=False)["model"]
     assert state.keys() == mtp.keys() and all(torch.equal(v, mtp[k].half().float()) for k, v in state.items())
     assert _talker_init(warm, "talker-long", str(work / "talker-mtp" / "checkpoint.pt")).keys() == mtp.keys()
+    assert run(["train", "thinker-s3", "--init", str(demo), "--steps", "0"] + mine) == 0  # the shipped Thinker as is
+    taken = torch.load(warm / "thinker-s3" / "checkpoint.pt", weights_only=False)
+    assert taken["step"] == 0 and all(torch.equal(v, trained[k].half().float()) for k, v in taken["model"].items())
+    assert run(["train", "talker-fixed", "--steps", "2", "--batch", "2"] + mine) == 0  # a twin for the shipped model
+    capsys.readouterr()
+    assert run(["train", "thinker-s3", "--init", str(demo), "--steps", "0"] + mine) == 0
+    assert "already trained" in capsys.readouterr().err
     other = tmp_path / "other"  # a work directory whose tokenizer is not the shipped one
     shutil.copytree(work / "tokenizer", other / "tokenizer")
     (other / "tokenizer" / "tokenizer.json").write_text("{}")
@@ -176,7 +183,8 @@ def test_warm_starts_from_the_shipped_model(recipe, tmp_path, capsys):
              (["codec", "--init", str(work / "thinker-s3" / "checkpoint.pt")], warm, "shipped checkpoint directory"),
              (["thinker-s2", "--init", str(work)], warm, "no config.json"),
              (["talker-general", "--init", str(work / "thinker-s3" / "checkpoint.pt")], warm, "not a Talker stage's"),
-             (["export", "--init", str(demo)], warm, "export assembles")]
+             (["export", "--init", str(demo)], warm, "export assembles"),
+             (["thinker-s2", "--steps", "0"], warm, "0 with --init"), (["thinker-s2", "--steps", "-1"], warm, "1 or more")]
     capsys.readouterr()
     for argv, where, message in cases:
         assert run(["train"] + argv + ["--data", str(data), "--work", str(where)] + common[4:]) == 2, message

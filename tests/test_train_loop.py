@@ -26,6 +26,16 @@ def test_loss_falls_and_curves_are_written(tmp_path):
     assert json.loads((tmp_path / "history.json").read_text())["steps"][-1] == 40
 
 
+def test_zero_steps_keep_the_start_as_the_checkpoint_and_a_later_run_goes_on_from_it(tmp_path):
+    stage = ToyStage()
+    start = {k: v.clone() for k, v in stage.module().state_dict().items()}
+    h = train(ToyStage(), tmp_path, TrainConfig(steps=0, **QUIET))
+    kept = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert h.steps == [] and kept["step"] == 0
+    assert kept["model"].keys() == start.keys() and all(torch.equal(kept["model"][k], v) for k, v in start.items())
+    assert train(ToyStage(), tmp_path, TrainConfig(steps=3, **QUIET)).steps == [1, 2, 3]
+
+
 def test_resume_continues_bit_for_bit(tmp_path):
     cfg = dict(lr=1e-2, warmup=3, save_every=5, **QUIET)
     whole = train(ToyStage(), tmp_path / "a", TrainConfig(steps=12, **cfg))
@@ -47,8 +57,8 @@ def test_schedule_warms_up_then_decays():
 
 
 def test_bad_runs_are_explained(tmp_path):
-    with pytest.raises(TrainError, match="steps must be at least 1"):
-        TrainConfig(steps=0)
+    with pytest.raises(TrainError, match="steps must be 0 or more"):
+        TrainConfig(steps=-1)
     with pytest.raises(TrainError, match="loss is nan at step 0"):
         train(ToyStage(nan_at=0), tmp_path / "nan", TrainConfig(steps=3, **QUIET))
     train(ToyStage(), tmp_path / "c", TrainConfig(steps=2, **QUIET))

@@ -45,8 +45,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise TrainError(f"steps must be at least 1, got {self.steps}")
+        if self.steps < 0:
+            raise TrainError(f"steps must be 0 or more, got {self.steps}")
         if self.lr <= 0 or not math.isfinite(self.lr):
             raise TrainError(f"lr must be a positive number, got {self.lr}")
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -132,7 +132,8 @@ def _resume(path: Path, stage: Stage, module: nn.Module, opt: torch.optim.Optimi
 def train(stage: Stage, out: str | Path, cfg: TrainConfig, resume: bool = True, stop_at: int | None = None) -> History:
     """Run `stage` up to cfg.steps optimiser steps, checkpointing into `out` (resuming from it when asked).
 
-    `stop_at` ends the run early after that step, with a checkpoint, as a stop would; the schedule is unchanged."""
+    `stop_at` ends the run early after that step, with a checkpoint, as a stop would; the schedule is unchanged.
+    With cfg.steps 0 the checkpoint is the stage's start as it is (a warm start's model taken as this stage's)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -148,6 +149,8 @@ def train(stage: Stage, out: str | Path, cfg: TrainConfig, resume: bool = True, 
     start, history = (0, History())
     if resume and path.exists():
         start, history = _resume(path, stage, module, opt)
+    if cfg.steps == 0 and start == 0:
+        _save(path, stage, module, opt, 0, history, cfg)
     device = next(module.parameters()).device
     bar = None
     if cfg.progress and dist.rank() == 0:

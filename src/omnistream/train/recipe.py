@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="DIR", help="output of `omnistream data synth` (train.jsonl)")
     p.add_argument("--work", required=True, metavar="DIR", help="where every stage keeps its checkpoints")
     p.add_argument("--size", choices=("tiny", "demo"), default="demo")
-    p.add_argument("--steps", type=int, metavar="N")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help="optimiser steps (default: the stage's); 0 with --init takes that model as the stage's "
+                        "result as it is (e.g. the shipped Thinker as thinker-s3, for Talker stages of its own)")
     p.add_argument("--stop-at", type=int, metavar="N",
                    help="end this run after step N with a checkpoint; the schedule stays that of --steps, and a run "
                         "without it goes on from there")
@@ -375,6 +377,11 @@ def _export_one(work: Path, out: Path, thinker, tok, codec, code2wav, config, ta
     return out
 
 
+def _steps(args: argparse.Namespace) -> int:
+    """The run's steps: --steps, else the stage's default."""
+    return DEFAULTS[args.stage][0] if args.steps is None else args.steps
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one stage; problems print `omnistream: error: ...` and return 2."""
     args = build_parser().parse_args(argv)
@@ -390,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.init and args.stage in ("tokenizer", "codec") and not Path(args.init).is_dir():
             raise TrainError(f"--init {args.init}: {args.stage} takes a shipped checkpoint directory "
                              f"(checkpoints/demo)")
+        if args.steps is not None and (args.steps < 0 or args.steps == 0 and not args.init):
+            raise TrainError(f"--steps {args.steps}: give 1 or more, or 0 with --init to take that model as "
+                             f"{args.stage}'s result as it is")
         if args.stop_at is not None and args.stop_at < 1:
             raise TrainError(f"--stop-at {args.stop_at}: give a step of 1 or more")
         work.mkdir(parents=True, exist_ok=True)
@@ -401,14 +411,13 @@ def main(argv: list[str] | None = None) -> int:
                 _tokenizer(work, data, args.vocab_size)
         elif args.stage == "export":
             export(work, args.size)
-        elif not args.fresh and done.is_file() and json.loads(done.read_text())["steps"] >= (
-                args.steps or DEFAULTS[args.stage][0]):
+        elif not args.fresh and done.is_file() and json.loads(done.read_text())["steps"] >= _steps(args):
             print(f"{args.stage}: already trained ({done}); --fresh trains it again", file=sys.stderr)
         else:
-            steps, lr, _ = DEFAULTS[args.stage]
-            steps = args.steps or steps
+            steps, lr = _steps(args), DEFAULTS[args.stage][1]
             cfg = TrainConfig(steps=steps, lr=args.lr or lr, warmup=min(50, steps // 10 + 1), seed=args.seed,
-                              save_every=args.save_every, log_every=min(args.log_every, steps), progress=not args.quiet)
+                              save_every=args.save_every, log_every=max(1, min(args.log_every, steps)),
+                              progress=not args.quiet)
             stage = _stage(args, work, data)
             history = train(stage, work / args.stage, cfg, resume=not args.fresh, stop_at=args.stop_at)
             if args.stop_at is not None and args.stop_at < steps:
