@@ -184,7 +184,8 @@ def test_warm_starts_from_the_shipped_model(recipe, tmp_path, capsys):
              (["thinker-s2", "--init", str(work)], warm, "no config.json"),
              (["talker-general", "--init", str(work / "thinker-s3" / "checkpoint.pt")], warm, "not a Talker stage's"),
              (["export", "--init", str(demo)], warm, "export assembles"),
-             (["thinker-s2", "--steps", "0"], warm, "0 with --init"), (["thinker-s2", "--steps", "-1"], warm, "1 or more")]
+             (["thinker-s2", "--steps", "0"], warm, "0 with --init"),
+             (["thinker-s2", "--steps", "-1"], warm, "1 or more")]
     capsys.readouterr()
     for argv, where, message in cases:
         assert run(["train"] + argv + ["--data", str(data), "--work", str(where)] + common[4:]) == 2, message
