@@ -61,6 +61,29 @@ def test_spoken_question_answers_say_the_reference_numbers():
     assert not ok("", "", "en")
 
 
+def test_question_scores_split_hearing_from_reasoning():
+    from omnistream.eval.evaluate import Evaluation
+
+    said = {  # id: (think block, answer)
+        "a": ("What is two plus three?\n2+3=5", "Two plus three is five."),  # heard, right
+        "b": ("What is two plus three?\n2+3=6", "Two plus three is six."),  # heard, reasoned wrong
+        "c": ("What is two plus four?\n2+4=6", "Two plus four is six."),  # misheard
+        "d": ("", "Two plus three is five."),  # no think block: not heard, right by luck
+    }
+
+    class Runner:
+        def check_media(self, item):
+            pass
+
+        def text(self, item):
+            return (*said[item["id"]], 0.0)
+
+    items = [{"id": i, "task": "arithmetic", "language": "en", "reply": "Two plus three is five.",
+              "meta": {"result": 5, "question": "What is two plus three?"}} for i in said]
+    score = Evaluation(Runner(), items, items).questions()["per_language"]["en"]
+    assert score == {"n": 4, "accuracy": 0.5, "heard": 0.5, "accuracy_heard": 0.5, "accuracy_misheard": 0.5}
+
+
 def test_image_answers_name_the_asked_thing():
     ok = metrics.image_answer_correct
     assert ok("There is a red circle in the top left.", "There is a red circle in the top left.", "what", "en")

@@ -153,6 +153,15 @@ def _accuracy(records: list[dict]) -> dict:
     return {"n": len(records), "accuracy": metrics.rate(sum(r["correct"] for r in records), len(records))}
 
 
+def _question_score(records: list[dict]) -> dict:
+    """Accuracy, the share whose think block heard the question word for word, and the accuracy of each share:
+    what hearing costs and what reasoning costs."""
+    heard = [r for r in records if r["heard"]]
+    misheard = [r for r in records if not r["heard"]]
+    return {**_accuracy(records), "heard": metrics.rate(len(heard), len(records)),
+            "accuracy_heard": _accuracy(heard)["accuracy"], "accuracy_misheard": _accuracy(misheard)["accuracy"]}
+
+
 def _timing(records: list[dict]) -> dict:
     hits, total = sum(r["hits"] for r in records), sum(r["total"] for r in records)
     errors = [e for r in records for e in r["errors"]]
@@ -244,7 +253,9 @@ class Evaluation:
         for r in records:
             r["expected"] = r["item"]["meta"]["result"]
             r["correct"] = metrics.answer_correct(r["hypothesis"], r["reference"], r["language"])
-        return {"per_language": _by_language(records, _accuracy), "items": records}
+            heard = r["thought"].split("\n", 1)[0].strip()
+            r["heard"] = bool(heard) and metrics.error_rate(heard, r["item"]["meta"]["question"], r["language"]) == 0
+        return {"per_language": _by_language(records, _question_score), "items": records}
 
     def image_qa(self) -> dict:
         records = self._text_records(("image_qa",))

@@ -189,9 +189,12 @@ def write_report(results: dict, out: str | Path) -> Path:
         per = q["per_language"]
         md += ["## Spoken questions (arithmetic, counting)", "",
                "An answer is right when it says the reference answer's numbers, in order (what was asked, then the "
-               "result).", ""]
-        md += _table(["language", "items", "accuracy"],
-                     [[LANG_NAMES.get(k, k), per[k]["n"], _pct(per[k]["accuracy"])] for k in _langs(per)])
+               "result). Heard: the think block's first line is the question word for word (hearing); the last two "
+               "columns split the accuracy by it (reasoning when heard, luck when not).", ""]
+        md += _table(["language", "items", "accuracy", "heard", "accuracy when heard", "when misheard"],
+                     [[LANG_NAMES.get(k, k), per[k]["n"], _pct(per[k]["accuracy"]), _pct(per[k].get("heard")),
+                       _pct(per[k].get("accuracy_heard")), _pct(per[k].get("accuracy_misheard"))]
+                      for k in _langs(per)])
         md += _samples(q["items"], [("id", "id"), ("lang", "language"), ("expected", "expected"),
                                     ("thought", "thought"), ("model", "hypothesis"), ("right", "correct")])
         langs = _langs(per)
