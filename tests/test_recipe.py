@@ -99,6 +99,15 @@ def test_export_runs_in_the_demo(recipe, tmp_path, capsys):
     assert "names no CTC reading" in capsys.readouterr().err
 
 
+def test_s2_and_s3_augment_their_audio_unless_told_otherwise(recipe):
+    from omnistream.train.recipe import _stage, build_parser
+
+    data, work, common = recipe
+    for argv, augmented in [(["thinker-s2"], True), (["thinker-s3"], True), (["thinker-s1"], False),
+                            (["thinker-s2", "--no-augment"], False), (["thinker-s1", "--augment"], True)]:
+        assert _stage(build_parser().parse_args(argv + common), work, data).augment is augmented, argv
+
+
 def test_a_stopped_stage_resumes_and_bad_requests_are_explained(recipe, capsys):
     data, work, common = recipe
     before = json.loads((work / "talker-general" / "history.json").read_text())["steps"][-1]

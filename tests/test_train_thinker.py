@@ -1,5 +1,6 @@
 """Thinker training: the dataset's tokenizer, items -> examples -> batches, and the four stages on a tiny model."""
 
+import json
 import random
 import shutil
 
@@ -402,6 +403,18 @@ def test_s2_augments_its_audio_per_step_without_time_masks_and_keeps_cached_exam
         assert f[:, :n].std(0).min() > 0  # no frame masked flat across the bins (a time mask would)
     assert torch.equal(plain.batch(step, 0, 1)["audio_features"], clean["audio_features"])  # the cache is untouched
     assert not ThinkerStage("text", root / "data", root / "tok", size="tiny", augment=True).augment
+
+
+def test_s1_to_s3_take_the_extra_spoken_questions_beside_the_split(dataset, tmp_path):
+    root, items, _ = dataset
+    data = tmp_path / "data"
+    shutil.copytree(root / "data", data)
+    asked = [json.dumps(i, ensure_ascii=False) for i in items if i["task"] in ("arithmetic", "counting")]
+    (data / "questions.jsonl").write_text("\n".join(asked) + "\n")
+    for kind in ("s1", "s2", "s3", "text"):
+        plain, more = (ThinkerStage(kind, d, root / "tok", size="tiny", batch_size=4, generated=0)
+                       for d in (root / "data", data))
+        assert len(more.data.items) - len(plain.data.items) == (len(asked) if kind != "text" else 0), kind
 
 
 def test_s2_practises_fresh_generated_items_every_epoch(dataset):

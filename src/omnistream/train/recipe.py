@@ -96,9 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, default=2048, metavar="N", help="tokenizer stage: BPE size")
     p.add_argument("--generated", type=int, metavar="N",
                    help="thinker-text, thinker-s2: generated text items (default: thinker_stages.GENERATED)")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help="thinker-s1/s2/s3: augment the audio as AuT pretraining does, length kept (vocal tract warp, "
-                        "spectral colour, frequency masks; no time masks, which would hide words the reply says)")
+                        "spectral colour, frequency masks; no time masks, which would hide words the reply says); "
+                        "default: on in s2 and s3")
     p.add_argument("--log-every", type=int, default=10, metavar="N", help="steps per logged (averaged) loss point")
     p.add_argument("--dpo-items", type=int, default=64, metavar="N", help="talker-dpo: items sampled for pairs")
     p.add_argument("--dpo-samples", type=int, default=4, metavar="N", help="talker-dpo: renderings per item")
@@ -199,7 +200,8 @@ def _stage(args: argparse.Namespace, work: Path, data: Path):
         from .thinker_stages import ThinkerStage
 
         return ThinkerStage(name.split("-", 1)[1], data, work / "tokenizer", size, init, batch_size=batch,
-                            seed=args.seed, generated=args.generated, augment=args.augment)
+                            seed=args.seed, generated=args.generated,
+                            augment=name in ("thinker-s2", "thinker-s3") if args.augment is None else args.augment)
     init = _talker_init(work, name, args.init)
     thinker, tok, tokens, config, raw, items = _talker_setup(work, data, size)
     if name == "talker-dpo":
