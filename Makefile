@@ -11,7 +11,7 @@ SEED ?= 0
 TRAIN_ITEMS ?= 4000
 EVAL_ITEMS ?= 400
 NUMBER_ITEMS ?= 2000
-QUESTION_ITEMS ?= 4000
+SPOKEN_ITEMS ?= 6000
 THINKER_RECIPE := tokenizer thinker-text thinker-drill thinker-aut thinker-s1 thinker-s2 thinker-s3
 TALKER_RECIPE := talker-general talker-fixed talker-long talker-dpo talker-speaker talker-mtp talker-fixed-mtp export
 
@@ -60,8 +60,8 @@ demo-data: setup speech
 		--num $(EVAL_ITEMS)
 	test -f $(DATA)/numbers.jsonl || $(VENV)/bin/omnistream data synth --out $(DATA) --seed $(SEED) --tasks numbers \
 		--name numbers --num $(NUMBER_ITEMS)
-	test -f $(DATA)/questions.jsonl || $(VENV)/bin/omnistream data synth --out $(DATA) --seed $(SEED) \
-		--tasks arithmetic counting --name questions --num $(QUESTION_ITEMS) --workers 2
+	test -f $(DATA)/spoken.jsonl || $(VENV)/bin/omnistream data synth --out $(DATA) --seed $(SEED) \
+		--tasks transcribe arithmetic counting --name spoken --num $(SPOKEN_ITEMS) --workers 2
 
 demo-thinker: demo-data
 	for stage in $(THINKER_RECIPE); do $(TRAIN) $$stage --data $(DATA) --work $(WORK) || exit 1; done

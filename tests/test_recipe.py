@@ -99,13 +99,21 @@ def test_export_runs_in_the_demo(recipe, tmp_path, capsys):
     assert "names no CTC reading" in capsys.readouterr().err
 
 
-def test_s2_and_s3_augment_their_audio_unless_told_otherwise(recipe):
+def test_s2_and_s3_augment_their_audio_and_take_spoken_jsonl_unless_told_otherwise(recipe):
     from omnistream.train.recipe import _stage, build_parser
 
     data, work, common = recipe
     for argv, augmented in [(["thinker-s2"], True), (["thinker-s3"], True), (["thinker-s1"], False),
                             (["thinker-s2", "--no-augment"], False), (["thinker-s1", "--augment"], True)]:
         assert _stage(build_parser().parse_args(argv + common), work, data).augment is augmented, argv
+    spoken = data / "spoken.jsonl"  # make demo-data's extra transcripts and questions: taken when present
+    spoken.write_text((data / "train.jsonl").read_text().splitlines()[0] + "\n")
+    try:
+        sizes = {argv[-1] if argv else "default": len(_stage(build_parser().parse_args(
+            ["thinker-s2"] + common + argv), work, data).data.items) for argv in ([], ["--extra"])}
+    finally:
+        spoken.unlink()
+    assert sizes["default"] == sizes["--extra"] + 1  # a bare --extra: none
 
 
 def test_a_stopped_stage_resumes_and_bad_requests_are_explained(recipe, capsys):

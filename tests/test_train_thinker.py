@@ -405,16 +405,22 @@ def test_s2_augments_its_audio_per_step_without_time_masks_and_keeps_cached_exam
     assert not ThinkerStage("text", root / "data", root / "tok", size="tiny", augment=True).augment
 
 
-def test_s1_to_s3_take_the_extra_spoken_questions_beside_the_split(dataset, tmp_path):
+def test_s1_to_s3_take_extra_items_beside_the_split(dataset, tmp_path):
     root, items, _ = dataset
-    data = tmp_path / "data"
-    shutil.copytree(root / "data", data)
     asked = [json.dumps(i, ensure_ascii=False) for i in items if i["task"] in ("arithmetic", "counting")]
-    (data / "questions.jsonl").write_text("\n".join(asked) + "\n")
-    for kind in ("s1", "s2", "s3", "text"):
-        plain, more = (ThinkerStage(kind, d, root / "tok", size="tiny", batch_size=4, generated=0)
-                       for d in (root / "data", data))
-        assert len(more.data.items) - len(plain.data.items) == (len(asked) if kind != "text" else 0), kind
+    extra = root / "data" / "asked.jsonl"  # beside the split, so that its media paths resolve
+    extra.write_text("\n".join(asked) + "\n")
+    try:
+        for kind in ("s1", "s2", "s3", "text"):
+            plain, more = (ThinkerStage(kind, root / "data", root / "tok", size="tiny", batch_size=4, generated=0,
+                                        extra=e) for e in ((), (extra,)))
+            assert len(more.data.items) - len(plain.data.items) == (len(asked) if kind != "text" else 0), kind
+            assert more.data.items[len(plain.data.items):] == [i for i in items if i["task"] in
+                                                               ("arithmetic", "counting")] or kind == "text"
+        with pytest.raises(TrainError, match="no .*missing.jsonl: the extra items"):
+            ThinkerStage("s2", root / "data", root / "tok", size="tiny", extra=(tmp_path / "missing.jsonl",))
+    finally:
+        extra.unlink()
 
 
 def test_s2_practises_fresh_generated_items_every_epoch(dataset):

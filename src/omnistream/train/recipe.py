@@ -38,6 +38,7 @@ PREVIOUS = {"thinker-drill": "thinker-text", "thinker-aut": "thinker-drill", "th
             "thinker-s2": "thinker-s1", "thinker-s3": "thinker-s2", "talker-long": "talker-general",
             "talker-dpo": "talker-long", "talker-speaker": "talker-dpo", "talker-mtp": "talker-speaker",
             "talker-fixed-mtp": "talker-fixed"}
+SPOKEN_FILE = "spoken.jsonl"  # more transcripts and spoken questions for Thinker S1-S3 (make demo-data)
 # default (steps, lr, batch) per stage at the demo size; --steps / --lr / --batch override
 DEFAULTS = {"codec": (10000, 1e-3, 8), "thinker-text": (7000, 2e-3, 16), "thinker-drill": (2400, 1e-3, 64),
             "thinker-aut": (3000, 2e-3, 32), "thinker-s1": (400, 2e-3, 8), "thinker-s2": (4000, 1e-3, 8),
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="thinker-s1/s2/s3: augment the audio as AuT pretraining does, length kept (vocal tract warp, "
                         "spectral colour, frequency masks; no time masks, which would hide words the reply says); "
                         "default: on in s2 and s3")
+    p.add_argument("--extra", nargs="*", metavar="FILE",
+                   help=f"thinker-s1/s2/s3: more items to train on beside the split (.jsonl files of `omnistream data "
+                        f"synth --name NAME`); default: DATA/{SPOKEN_FILE} when present, none with a bare --extra")
     p.add_argument("--log-every", type=int, default=10, metavar="N", help="steps per logged (averaged) loss point")
     p.add_argument("--dpo-items", type=int, default=64, metavar="N", help="talker-dpo: items sampled for pairs")
     p.add_argument("--dpo-samples", type=int, default=4, metavar="N", help="talker-dpo: renderings per item")
@@ -201,7 +205,8 @@ def _stage(args: argparse.Namespace, work: Path, data: Path):
 
         return ThinkerStage(name.split("-", 1)[1], data, work / "tokenizer", size, init, batch_size=batch,
                             seed=args.seed, generated=args.generated,
-                            augment=name in ("thinker-s2", "thinker-s3") if args.augment is None else args.augment)
+                            augment=name in ("thinker-s2", "thinker-s3") if args.augment is None else args.augment,
+                            extra=_extra(args, data))
     init = _talker_init(work, name, args.init)
     thinker, tok, tokens, config, raw, items = _talker_setup(work, data, size)
     if name == "talker-dpo":
@@ -231,6 +236,13 @@ def _stage(args: argparse.Namespace, work: Path, data: Path):
 
     return TalkerStage(name.split("-", 1)[1], items, thinker, tokens, config, batch_size=batch, seed=args.seed,
                        init=init)
+
+
+def _extra(args: argparse.Namespace, data: Path) -> tuple[Path, ...]:
+    """Thinker S1-S3's extra items: --extra, else DATA/spoken.jsonl when present."""
+    if args.extra is not None:
+        return tuple(Path(p) for p in args.extra)
+    return (data / SPOKEN_FILE,) if (data / SPOKEN_FILE).is_file() else ()
 
 
 def _thinker_init(work: Path, stage: str, init: str | None) -> Path | None:

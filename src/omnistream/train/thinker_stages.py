@@ -22,11 +22,13 @@ Stages (`ThinkerStage(kind, ...)`, each a `Stage` of the shared loop; `init` sta
   200 steps took held-out spoken questions from 65% to 43%, the replies turned to the recordings' form (no
   worked line, timestamps).
 
-More spoken questions: where DATA_DIR holds questions.jsonl (`omnistream data synth --tasks arithmetic counting
---name questions`; `make demo-data` writes 4,000), its items join the training split's in S1-S3. The split has 500
-arithmetic and 500 counting items, and a Thinker trained on them learnt their questions by heart: held-out voices
-asking training questions were heard word for word 73 / 67% of the time (en / es), training voices asking held-out
-ones 56 / 69%, and answers to held-out questions heard right were right 87-90% against 94-98% for training ones.
+Extra items (`extra`: .jsonl files of `omnistream data synth --name NAME`; `omnistream train` takes DATA/spoken.jsonl
+when present, which `make demo-data` writes: 2,000 each of transcripts, arithmetic and counting questions) join the
+training split's in S1-S3. The split has 500 of each, and a Thinker trained on them learnt their questions by heart:
+held-out voices asking training questions were heard word for word 73 / 67% of the time (en / es), training voices
+asking held-out ones 56 / 69%, and answers to held-out questions heard right were right 87-90% against 94-98% for
+training ones. 4,000 more questions (with augmentation) took held-out questions from 64 to 76% but transcripts
+from 7 to 10% WER (held-out nouns heard as the questions' words), so transcripts join them.
 
 Augmentation (`augment`; `omnistream train` turns it on in S2 and S3, `--augment` / `--no-augment`): S1-S3 play
 each audio through AuT pretraining's length-keeping augmentation (aut_stage.augment_features: vocal tract warp,
@@ -75,7 +77,6 @@ SIZES = ("tiny", "demo")
 # keeps practising beside the spoken items on as many fresh ones each epoch (the drill's generator), because on a
 # fixed 1,500 it forgot the drill's arithmetic (held-out, in text: 35 / 58 / 30% -> 12 / 45 / 8% en / zh / es)
 GENERATED = {"text": {"demo": 30000, "tiny": 64}, "s2": {"demo": 3000, "tiny": 8}}
-QUESTIONS_FILE = "questions.jsonl"  # more spoken questions beside the training split (S1-S3), used when present
 MEDIA_KEYS = ("audio_features", "audio_lengths", "pixel_values", "image_grid_thw", "pixel_values_videos",
               "video_grid_thw")
 
@@ -176,7 +177,7 @@ class ThinkerStage:
                  init: str | Path | None = None, *, batch_size: int = 8, seed: int = 0, split: str = "train",
                  tasks: tuple[str, ...] = MULTITASK, limit: int | None = None, aux_coef: float | None = None,
                  ctc_coef: float = 1.0, ground_coef: float = 1.0, generated: int | None = None,
-                 augment: bool = False, device: str | torch.device | None = None):
+                 augment: bool = False, extra: tuple[str | Path, ...] = (), device: str | torch.device | None = None):
         if kind not in STAGES:
             raise TrainError(f"unknown thinker stage {kind!r}; expected one of {', '.join(STAGES)}")
         data = check_inputs(size, batch_size, data_dir, split, tokenizer_dir, init)
@@ -198,9 +199,11 @@ class ThinkerStage:
             made = GENERATED.get(kind, {}).get(size, 0) if generated is None else generated
             fixed, fresh = (0, made if limit is None else 0) if kind == "s2" else (made, 0)
             items = read_items(data)
-            extra = Path(data_dir) / QUESTIONS_FILE
-            if kind in ("s1", "s2", "s3") and split == "train" and extra.is_file():
-                items += read_items(extra)
+            for path in extra if kind in ("s1", "s2", "s3") else ():
+                if not Path(path).is_file():
+                    raise TrainError(f"no {path}: the extra items to train on; write them with `omnistream data "
+                                     f"synth --name NAME`")
+                items += read_items(path)
             self.data = ThinkerDataset(items, builder, examples, tasks, seed, fixed,
                                        spelled_media=kind == "s2", fresh=fresh)
             self.n = len(self.data) if limit is None else max(1, min(limit, len(self.data)))
