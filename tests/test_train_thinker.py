@@ -395,7 +395,13 @@ def test_s2_augments_its_audio_per_step_without_time_masks_and_keeps_cached_exam
     aug = ThinkerStage("s2", root / "data", root / "tok", size="tiny", batch_size=4, seed=3, generated=0, augment=True)
     step = next(s for s in range(20) if "audio_features" in plain.batch(s, 0, 1))
     clean, a, b = plain.batch(step, 0, 1), aug.batch(step, 0, 1), aug.batch(step, 0, 1)
-    assert torch.equal(a["audio_features"], b["audio_features"])  # seeded by (seed, step, rank, audio)
+    assert torch.equal(a["audio_features"], b["audio_features"])  # seeded by (seed, step, example, audio)
+    both = next(s for s in range(40) if all("audio_features" in aug.batch(s, r, 2) for r in range(2)))
+    halves = [aug.batch(both, r, 2) for r in range(2)]  # two ranks draw what one process draws
+    split = [(f, n) for h in halves for f, n in zip(h["audio_features"], h["audio_lengths"])]
+    whole = aug.batch(both, 0, 1)
+    assert [n for _, n in split] == whole["audio_lengths"]
+    assert all(torch.allclose(f[:, :n], g[:, :n], atol=1e-6) for (f, n), g in zip(split, whole["audio_features"]))
     assert a["audio_features"].shape == clean["audio_features"].shape and a["audio_lengths"] == clean["audio_lengths"]
     assert torch.equal(a["input_ids"], clean["input_ids"]) and a["spoken"] == clean["spoken"]
     for f, g, n in zip(a["audio_features"], clean["audio_features"], a["audio_lengths"]):

@@ -32,7 +32,8 @@ from 7 to 10% WER (held-out nouns heard as the questions' words), so transcripts
 
 Augmentation (`augment`; `omnistream train` turns it on in S2 and S3, `--augment` / `--no-augment`): S1-S3 play
 each audio through AuT pretraining's length-keeping augmentation (aut_stage.augment_features: vocal tract warp,
-spectral colour, frequency masks), drawn per step, without time masks, which would hide words the reply must say.
+spectral colour, frequency masks), drawn per (step, example, audio) whatever the ranks, without time masks, which
+would hide words the reply must say.
 
 Loss: next-token cross-entropy summed over the target tokens of this rank's rows, divided by the target tokens
 of the whole global batch / world, so ranks add up to the global token mean (the single-process curve) whatever the
@@ -269,9 +270,9 @@ class ThinkerStage:
         share = self.batch_size // world
         mine = chosen[rank * share : (rank + 1) * share]
         out = collate([self.data.example(i) for i in mine], self.ids["pad_token_id"])
-        if self.augment and "audio_features" in out:
-            rngs = [random.Random(f"omnistream.{self.name}/{self.seed}/{step}/{rank}/{j}")
-                    for j in range(len(out["audio_lengths"]))]
+        if self.augment and "audio_features" in out:  # seeded per example and audio: the same under any world
+            rngs = [random.Random(f"omnistream.{self.name}/{self.seed}/{step}/{i}/{k}")
+                    for i in mine for k in range(len(self.data.example(i).audio_lengths))]
             out["audio_features"] = torch.stack([augment_features(f, n, r, time_masks=0) for f, n, r in
                                                  zip(out["audio_features"], out["audio_lengths"], rngs)])
         out["norm"] = sum(self.data.target_count(i) for i in chosen) / world
