@@ -396,6 +396,19 @@ def _steps(args: argparse.Namespace) -> int:
     return DEFAULTS[args.stage][0] if args.steps is None else args.steps
 
 
+# options that only some stages read: given to another stage they would be silently ignored
+S1_TO_S3 = ("thinker-s1", "thinker-s2", "thinker-s3")
+STAGE_OPTIONS = {"extra": S1_TO_S3, "augment": S1_TO_S3, "generated": ("thinker-text", "thinker-s2")}
+
+
+def _check_stage_options(args: argparse.Namespace) -> None:
+    """A TrainError when an option is given to a stage that does not read it (e.g. --extra to talker-general)."""
+    for option, stages in STAGE_OPTIONS.items():
+        if getattr(args, option) is not None and args.stage not in stages:
+            flag = "--no-augment" if option == "augment" and args.augment is False else f"--{option}"
+            raise TrainError(f"{flag}: {args.stage} does not read it; only {', '.join(stages)} do")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one stage; problems print `omnistream: error: ...` and return 2."""
     args = build_parser().parse_args(argv)
@@ -416,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"{args.stage}'s result as it is")
         if args.stop_at is not None and args.stop_at < 1:
             raise TrainError(f"--stop-at {args.stop_at}: give a step of 1 or more")
+        _check_stage_options(args)
         work.mkdir(parents=True, exist_ok=True)
         done = work / args.stage / "summary.json"
         if args.stage in ("tokenizer", "codec") and args.init:
