@@ -11,6 +11,7 @@ from omnistream import cli
 from omnistream.data import synthesize
 from omnistream.engine.heard import HEARD_BEAM, HEARD_WEIGHT
 from omnistream.processor import Tokenizer
+from omnistream.train.loop import TrainError
 from omnistream.train.tokenizer import special_ids
 
 # stage -> extra arguments (a high lr so a few steps show learning)
@@ -114,6 +115,14 @@ def test_s2_and_s3_augment_their_audio_and_take_spoken_jsonl_unless_told_otherwi
     finally:
         spoken.unlink()
     assert sizes["default"] == sizes["--extra"] + 1  # a bare --extra: none
+    lines = (data / "train.jsonl").read_text().splitlines()
+    drill, aloud = data / "drill.jsonl", data / "aloud.jsonl"
+    drill.write_text(next(x for x in lines if '"transcribe"' in x).replace('"transcribe"', '"numbers"') + "\n")
+    aloud.write_text(next(x for x in lines if '"read_aloud"' in x) + "\n")
+    taken = _stage(build_parser().parse_args(["thinker-s2"] + common + ["--extra", str(drill)]), work, data)
+    assert len(taken.data.items) == sizes["--extra"] + 1  # number drills train in S1-S3 beside transcripts
+    with pytest.raises(TrainError, match="none of its 1 items is of a task thinker-s2 trains on"):
+        _stage(build_parser().parse_args(["thinker-s2"] + common + ["--extra", str(aloud)]), work, data)
 
 
 def test_a_stopped_stage_resumes_and_bad_requests_are_explained(recipe, capsys):

@@ -69,7 +69,8 @@ from .tokenizer import special_ids
 from .vision_grounding import IDS_PER_TOKEN, MEDIA_TASKS, WORDS, CellSpeller
 
 IGNORE = -100
-MULTITASK = ("transcribe", "arithmetic", "counting", "image_qa", "video_caption", "video_segments")
+# the S1-S3 tasks; "numbers" (spoken number lists to transcribe) is never in the split, only in extra items
+MULTITASK = ("transcribe", "numbers", "arithmetic", "counting", "image_qa", "video_caption", "video_segments")
 QUESTION_TASKS = ("arithmetic", "counting")
 # the drill stage's generated tasks and their shares: mostly arithmetic, the slowest skill, with counting, copying and
 # questions about spelled scenes (reading vision slots)

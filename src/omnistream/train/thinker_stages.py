@@ -15,8 +15,9 @@ Stages (`ThinkerStage(kind, ...)`, each a `Stage` of the shared loop; `init` sta
   deepstack mergers) included, train on the multitask mix while the whole LM (embeddings and head too) stays
   frozen, so the encoders learn to speak the LM's language.
 - "s2", general multitask: everything trains on the one-turn multitask mix (transcribe, arithmetic, counting,
-  image_qa, video_caption, video_segments), a spelled copy of each image and video item (vision_grounding) and
-  GENERATED fresh items each epoch from the drill's generator, so the LM keeps what it learnt in text and drill.
+  image_qa, video_caption, video_segments; number drills too when extra items bring them), a spelled copy of each
+  image and video item (vision_grounding) and GENERATED fresh items each epoch from the drill's generator, so the
+  LM keeps what it learnt in text and drill.
 - "s3", long context: everything trains on thinker_data "long" examples (several questions in one recording with
   timestamps; multi-turn chats of 2-4 items) and on every item once more as a one-turn chat: on long examples alone,
   200 steps took held-out spoken questions from 65% to 43%, the replies turned to the recordings' form (no
@@ -204,7 +205,11 @@ class ThinkerStage:
                 if not Path(path).is_file():
                     raise TrainError(f"no {path}: the extra items to train on; write them with `omnistream data "
                                      f"synth --name NAME`")
-                items += read_items(path)
+                more = read_items(path)
+                if kind != "text" and not any(it["task"] in tasks for it in more):
+                    raise TrainError(f"{path}: none of its {len(more)} items is of a task thinker-{kind} trains on "
+                                     f"({', '.join(tasks)})")
+                items += more
             self.data = ThinkerDataset(items, builder, examples, tasks, seed, fixed,
                                        spelled_media=kind == "s2", fresh=fresh)
             self.n = len(self.data) if limit is None else max(1, min(limit, len(self.data)))
