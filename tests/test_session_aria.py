@@ -150,3 +150,24 @@ def test_a_think_block_is_shown_but_not_spoken(models):
                       rate=PriorRate({}, 2.0), talker_max_new_tokens=100, reasoning=(50, 51, {10}))
     with pytest.raises(ValueError, match="ended inside its think block"):  # the budget ends in the block
         list(s.speak(prompt(), reply=[50, 60, 61]))
+
+
+def test_a_fixed_rate_talker_may_say_every_code_but_no_other_special_id(models):
+    """The fixed-rate loop masks the ids past the codebook except speech-EOS, whatever the vocabulary's size (a demo
+    twin's is the codebook and 19 specials: masking the reference's last 1024 ids left it codes 0..18 and EOS)."""
+    thinker, _, c2w = models
+    talker = Talker(talker_config(interleave="fixed", codec_text_slot_id=None))
+    randomize(talker, seed=3)
+
+    def prefer_specials(module, args, logits):  # every special id but EOS far above the codes, EOS never
+        logits = logits.clone()
+        logits[..., K:] += 1e3
+        logits[..., EOS] = -1e9
+        return logits
+
+    talker.codec_head.register_forward_hook(prefer_specials)
+    s = SpeechSession(thinker, talker.eval(), c2w, TOKENS, speaker="anna", thinker_eos_token_id=None,
+                      thinker_max_new_tokens=6, talker_max_new_tokens=12)
+    list(s.speak(prompt()))
+    assert s.codes.shape[1] == 11  # every budgeted step a frame (the last sampled code gets none, as in the reference)
+    assert int(s.codes[0].max()) < K and len(set(s.codes[0].tolist())) > 1

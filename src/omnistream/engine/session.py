@@ -378,10 +378,9 @@ class SpeechSession:
 
         sched.push_text(run.tokens[0])
         sched.next_input()  # the first reply token is already in the prefill's last slot
-        vocab = tc.text.vocab_size
-        blocked = torch.zeros(vocab, dtype=torch.bool, device=self.talker.device)
-        blocked[max(vocab - 1024, 0):] = True
-        blocked[tc.codec_eos_token_id] = False
+        blocked = torch.zeros(tc.text.vocab_size, dtype=torch.bool, device=self.talker.device)
+        blocked[self.code2wav.config.codebook_size:] = True  # the special ids past the codes (the reference masks its
+        blocked[tc.codec_eos_token_id] = False  # vocabulary's last 1024, which for Qwen3-Omni are exactly these)
         for step in range(self.talker_max_new_tokens):
             if self._cancelled:
                 return
