@@ -206,7 +206,7 @@ class ThinkerStage:
                     raise TrainError(f"no {path}: the extra items to train on; write them with `omnistream data "
                                      f"synth --name NAME`")
                 more = read_items(path)
-                if kind != "text" and not any(it["task"] in tasks for it in more):
+                if not any(it["task"] in tasks for it in more):
                     raise TrainError(f"{path}: none of its {len(more)} items is of a task thinker-{kind} trains on "
                                      f"({', '.join(tasks)})")
                 items += more
