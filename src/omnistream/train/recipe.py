@@ -46,7 +46,7 @@ DEFAULTS = {"codec": (10000, 1e-3, 8), "thinker-text": (7000, 2e-3, 16), "thinke
             "talker-long": (300, 5e-4, 4), "talker-dpo": (100, 1e-5, 4), "talker-speaker": (300, 5e-4, 8),
             "talker-mtp": (3000, 1e-3, 512), "talker-fixed-mtp": (3000, 1e-3, 512)}
 # the spoken questions shipped with the demo model: language -> draw of the held-out arithmetic generator, said by a
-# held-out voice; draws the shipped model answers right (of draws 0-11 it answers 6 in en, 10 in zh, 4 in es)
+# held-out voice; draws the shipped model answers right (of draws 0-11 it answers 8 in en, 10 in zh, 5 in es)
 BUNDLED = {"en": 4, "zh": 4, "es": 10}
 
 
