@@ -135,9 +135,13 @@ def test_a_stopped_stage_resumes_and_bad_requests_are_explained(recipe, capsys):
     assert run(["train", "thinker-s1", "--data", str(work), "--work", str(work)]) == 2
     assert "train.jsonl" in capsys.readouterr().err
     for stage, option in [("talker-general", ["--extra", "x.jsonl"]), ("talker-mtp", ["--no-augment"]),
-                          ("thinker-s3", ["--generated", "5"])]:  # options the stage would not read
+                          ("thinker-s3", ["--generated", "5"]), ("tokenizer", ["--steps", "5"]),
+                          ("export", ["--lr", "1e-3"]), ("thinker-s2", ["--vocab-size", "512"]),
+                          ("talker-general", ["--dpo-frames", "40"])]:  # options the stage would not read
         assert run(["train", stage] + common + option) == 2
         assert f"{option[0]}: {stage} does not read it" in capsys.readouterr().err
+    assert run(["train", "codec"] + common + ["--init", str(work / "demo"), "--steps", "5"]) == 2
+    assert "--steps: codec --init" in capsys.readouterr().err  # a shipped codec is taken as it is, untrained
 
 
 def test_aut_beside_the_lm_stages_then_s1_joins_them(recipe, tmp_path, capsys):

@@ -408,7 +408,8 @@ def test_s2_augments_its_audio_per_step_without_time_masks_and_keeps_cached_exam
         assert not torch.equal(f[:, :n], g[:, :n])
         assert f[:, :n].std(0).min() > 0  # no frame masked flat across the bins (a time mask would)
     assert torch.equal(plain.batch(step, 0, 1)["audio_features"], clean["audio_features"])  # the cache is untouched
-    assert not ThinkerStage("text", root / "data", root / "tok", size="tiny", augment=True).augment
+    with pytest.raises(TrainError, match="thinker-text has no audio or vision: .* are for s1, s2, s3"):
+        ThinkerStage("text", root / "data", root / "tok", size="tiny", augment=True)
 
 
 def test_s1_to_s3_take_extra_items_beside_the_split(dataset, tmp_path):
@@ -417,12 +418,15 @@ def test_s1_to_s3_take_extra_items_beside_the_split(dataset, tmp_path):
     extra = root / "data" / "asked.jsonl"  # beside the split, so that its media paths resolve
     extra.write_text("\n".join(asked) + "\n")
     try:
-        for kind in ("s1", "s2", "s3", "text"):
+        for kind in ("s1", "s2", "s3"):
             plain, more = (ThinkerStage(kind, root / "data", root / "tok", size="tiny", batch_size=4, generated=0,
                                         extra=e) for e in ((), (extra,)))
-            assert len(more.data.items) - len(plain.data.items) == (len(asked) if kind != "text" else 0), kind
+            assert len(more.data.items) - len(plain.data.items) == len(asked), kind
             assert more.data.items[len(plain.data.items):] == [i for i in items if i["task"] in
-                                                               ("arithmetic", "counting")] or kind == "text"
+                                                               ("arithmetic", "counting")]
+        for kind in ("text", "drill"):
+            with pytest.raises(TrainError, match=f"thinker-{kind} has no audio or vision"):
+                ThinkerStage(kind, root / "data", root / "tok", size="tiny", extra=(extra,))
         with pytest.raises(TrainError, match="no .*missing.jsonl: the extra items"):
             ThinkerStage("s2", root / "data", root / "tok", size="tiny", extra=(tmp_path / "missing.jsonl",))
     finally:

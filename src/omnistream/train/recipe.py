@@ -30,6 +30,7 @@ import torch
 from ..data import read_items
 from ..voice import load_audio_tokenizer
 from .loop import TrainConfig, TrainError, train
+from .thinker_stages import GENERATED, MEDIA_STAGES
 
 STAGES = ("tokenizer", "codec", "thinker-text", "thinker-drill", "thinker-aut", "thinker-s1", "thinker-s2",
           "thinker-s3", "talker-general", "talker-fixed", "talker-long", "talker-dpo", "talker-speaker", "talker-mtp",
@@ -38,6 +39,8 @@ PREVIOUS = {"thinker-drill": "thinker-text", "thinker-aut": "thinker-drill", "th
             "thinker-s2": "thinker-s1", "thinker-s3": "thinker-s2", "talker-long": "talker-general",
             "talker-dpo": "talker-long", "talker-speaker": "talker-dpo", "talker-mtp": "talker-speaker",
             "talker-fixed-mtp": "talker-fixed"}
+VOCAB_SIZE = 2048  # the tokenizer stage's BPE size
+DPO_DEFAULTS = {"dpo_items": 64, "dpo_samples": 4, "dpo_frames": 300}  # talker-dpo: items, renderings, frames
 SPOKEN_FILE = "spoken.jsonl"  # more transcripts and spoken questions for Thinker S1-S3 (make demo-data)
 # default (steps, lr, batch) per stage at the demo size; --steps / --lr / --batch override
 DEFAULTS = {"codec": (10000, 1e-3, 8), "thinker-text": (7000, 2e-3, 16), "thinker-drill": (2400, 1e-3, 64),
@@ -94,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, metavar="B")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=100, metavar="N")
-    p.add_argument("--vocab-size", type=int, default=2048, metavar="N", help="tokenizer stage: BPE size")
+    p.add_argument("--vocab-size", type=int, metavar="N", help=f"tokenizer stage: BPE size (default {VOCAB_SIZE})")
     p.add_argument("--generated", type=int, metavar="N",
                    help="thinker-text, thinker-s2: generated text items (default: thinker_stages.GENERATED)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction,
@@ -105,9 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"thinker-s1/s2/s3: more items to train on beside the split (.jsonl files of `omnistream data "
                         f"synth --name NAME`); default: DATA/{SPOKEN_FILE} when present, none with a bare --extra")
     p.add_argument("--log-every", type=int, default=10, metavar="N", help="steps per logged (averaged) loss point")
-    p.add_argument("--dpo-items", type=int, default=64, metavar="N", help="talker-dpo: items sampled for pairs")
-    p.add_argument("--dpo-samples", type=int, default=4, metavar="N", help="talker-dpo: renderings per item")
-    p.add_argument("--dpo-frames", type=int, default=300, metavar="N", help="talker-dpo: most frames a rendering has")
+    p.add_argument("--dpo-items", type=int, metavar="N",
+                   help=f"talker-dpo: items sampled for pairs (default {DPO_DEFAULTS['dpo_items']})")
+    p.add_argument("--dpo-samples", type=int, metavar="N",
+                   help=f"talker-dpo: renderings per item (default {DPO_DEFAULTS['dpo_samples']})")
+    p.add_argument("--dpo-frames", type=int, metavar="N",
+                   help=f"talker-dpo: most frames a rendering has (default {DPO_DEFAULTS['dpo_frames']})")
     p.add_argument("--fresh", action="store_true", help="start the stage over instead of resuming it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -218,10 +224,11 @@ def _stage(args: argparse.Namespace, work: Path, data: Path):
         talker = Talker(config)
         talker.load_state_dict({k[len("talker."):]: v for k, v in init.items()})
         code2wav = load_code2wav(work / "codec" / "export")
-        pick = [(r, it) for r, it in zip(raw, items) if it.voice is None][:args.dpo_items]
+        dpo = {k: DPO_DEFAULTS[k] if getattr(args, k) is None else getattr(args, k) for k in DPO_DEFAULTS}
+        pick = [(r, it) for r, it in zip(raw, items) if it.voice is None][:dpo["dpo_items"]]
         pairs = preference_pairs([r for r, _ in pick], [it for _, it in pick], thinker, talker.eval(), code2wav,
-                                 tokens, tok, default_processor(tok, thinker), data, samples=args.dpo_samples,
-                                 seed=args.seed, max_frames=args.dpo_frames)
+                                 tokens, tok, default_processor(tok, thinker), data, samples=dpo["dpo_samples"],
+                                 seed=args.seed, max_frames=dpo["dpo_frames"])
         print(f"talker-dpo: {len(pairs)} preference pairs from {len(pick)} items", file=sys.stderr)
         return DpoStage(pairs, thinker, tokens, talker, batch_size=batch, seed=args.seed)
     if name.endswith("-mtp"):
@@ -397,16 +404,26 @@ def _steps(args: argparse.Namespace) -> int:
 
 
 # options that only some stages read: given to another stage they would be silently ignored
-S1_TO_S3 = ("thinker-s1", "thinker-s2", "thinker-s3")
-STAGE_OPTIONS = {"extra": S1_TO_S3, "augment": S1_TO_S3, "generated": ("thinker-text", "thinker-s2")}
+TRAINED = tuple(s for s in STAGES if s not in ("tokenizer", "export"))  # the stages that run the training loop
+MEDIA = tuple(f"thinker-{k}" for k in MEDIA_STAGES)
+STAGE_OPTIONS = {"extra": MEDIA, "augment": MEDIA, "generated": tuple(f"thinker-{k}" for k in GENERATED),
+                 "vocab_size": ("tokenizer",), **{k: ("talker-dpo",) for k in DPO_DEFAULTS},
+                 **{k: TRAINED for k in ("steps", "lr", "batch", "stop_at")}}
 
 
 def _check_stage_options(args: argparse.Namespace) -> None:
-    """A TrainError when an option is given to a stage that does not read it (e.g. --extra to talker-general)."""
+    """A TrainError when an option is given to a stage that does not read it (e.g. --extra to talker-general, --lr
+    to a tokenizer or codec taken from a shipped checkpoint as it is)."""
+    taken = args.stage in ("tokenizer", "codec") and args.init is not None
     for option, stages in STAGE_OPTIONS.items():
-        if getattr(args, option) is not None and args.stage not in stages:
-            flag = "--no-augment" if option == "augment" and args.augment is False else f"--{option}"
+        if getattr(args, option) is None:
+            continue
+        flag = "--no-augment" if option == "augment" and args.augment is False else f"--{option.replace('_', '-')}"
+        if args.stage not in stages:
             raise TrainError(f"{flag}: {args.stage} does not read it; only {', '.join(stages)} do")
+        if taken and stages is TRAINED:
+            raise TrainError(f"{flag}: {args.stage} --init {args.init} takes the shipped {args.stage} as it is, "
+                             f"without training")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -436,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             _take_shipped(args.stage, Path(args.init), work)
         elif args.stage == "tokenizer":
             if args.fresh or not (work / "tokenizer" / "tokenizer.json").is_file():
-                _tokenizer(work, data, args.vocab_size)
+                _tokenizer(work, data, args.vocab_size or VOCAB_SIZE)
         elif args.stage == "export":
             export(work, args.size)
         elif not args.fresh and done.is_file() and json.loads(done.read_text())["steps"] >= _steps(args):

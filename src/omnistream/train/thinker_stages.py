@@ -74,6 +74,7 @@ from .tokenizer import special_ids
 from .vision_grounding import grounding_loss
 
 STAGES = ("text", "drill", "s1", "s2", "s3")
+MEDIA_STAGES = ("s1", "s2", "s3")  # the stages with audio and vision: CTC, grounding, augmentation, extra items
 SIZES = ("tiny", "demo")
 # generated text items per stage and size: the text stage learns from a fixed set (thinker_data.generated_items); S2
 # keeps practising beside the spoken items on as many fresh ones each epoch (the drill's generator), because on a
@@ -189,9 +190,12 @@ class ThinkerStage:
         self.ids = special_ids(self.tokenizer)
         self.configs = demo_thinker_configs(self.ids["vocab_size"], size)
         self.aux_coef = self.configs[0].router_aux_loss_coef if aux_coef is None else aux_coef
-        self.ctc_coef = ctc_coef if kind in ("s1", "s2", "s3") else 0.0
-        self.ground_coef = ground_coef if kind in ("s1", "s2", "s3") else 0.0
-        self.augment = augment and kind in ("s1", "s2", "s3")
+        if (extra or augment) and kind not in MEDIA_STAGES:
+            raise TrainError(f"thinker-{kind} has no audio or vision: extra items and augmentation are for "
+                             f"{', '.join(MEDIA_STAGES)}")
+        self.ctc_coef = ctc_coef if kind in MEDIA_STAGES else 0.0
+        self.ground_coef = ground_coef if kind in MEDIA_STAGES else 0.0
+        self.augment = augment
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         builder = ExampleBuilder(self.tokenizer, self.configs[1], self.configs[2])
         if kind == "drill":
@@ -201,7 +205,7 @@ class ThinkerStage:
             made = GENERATED.get(kind, {}).get(size, 0) if generated is None else generated
             fixed, fresh = (0, made if limit is None else 0) if kind == "s2" else (made, 0)
             items = read_items(data)
-            for path in extra if kind in ("s1", "s2", "s3") else ():
+            for path in extra:
                 if not Path(path).is_file():
                     raise TrainError(f"no {path}: the extra items to train on; write them with `omnistream data "
                                      f"synth --name NAME`")
