@@ -112,8 +112,11 @@ def test_s2_and_s3_augment_their_audio_and_take_spoken_jsonl_unless_told_otherwi
     try:
         sizes = {argv[-1] if argv else "default": len(_stage(build_parser().parse_args(
             ["thinker-s2"] + common + argv), work, data).data.items) for argv in ([], ["--extra"])}
+        beside = len(_stage(build_parser().parse_args(["thinker-text"] + common), work, data).data.items)
     finally:
         spoken.unlink()
+    alone = len(_stage(build_parser().parse_args(["thinker-text"] + common), work, data).data.items)
+    assert beside == alone  # the LM-only text stage does not take spoken.jsonl (nor refuse to start beside it)
     assert sizes["default"] == sizes["--extra"] + 1  # a bare --extra: none
     lines = (data / "train.jsonl").read_text().splitlines()
     drill, aloud = data / "drill.jsonl", data / "aloud.jsonl"
@@ -142,6 +145,8 @@ def test_a_stopped_stage_resumes_and_bad_requests_are_explained(recipe, capsys):
         assert f"{option[0]}: {stage} does not read it" in capsys.readouterr().err
     assert run(["train", "codec"] + common + ["--init", str(work / "demo"), "--steps", "5"]) == 2
     assert "--steps: codec --init" in capsys.readouterr().err  # a shipped codec is taken as it is, untrained
+    assert run(["train", "tokenizer"] + common + ["--init", str(work / "demo"), "--vocab-size", "512"]) == 2
+    assert "--vocab-size: tokenizer --init" in capsys.readouterr().err
 
 
 def test_aut_beside_the_lm_stages_then_s1_joins_them(recipe, tmp_path, capsys):

@@ -212,7 +212,7 @@ def _stage(args: argparse.Namespace, work: Path, data: Path):
         return ThinkerStage(name.split("-", 1)[1], data, work / "tokenizer", size, init, batch_size=batch,
                             seed=args.seed, generated=args.generated,
                             augment=name in ("thinker-s2", "thinker-s3") if args.augment is None else args.augment,
-                            extra=_extra(args, data))
+                            extra=_extra(args, data) if name in MEDIA else ())
     init = _talker_init(work, name, args.init)
     thinker, tok, tokens, config, raw, items = _talker_setup(work, data, size)
     if name == "talker-dpo":
@@ -413,7 +413,7 @@ STAGE_OPTIONS = {"extra": MEDIA, "augment": MEDIA, "generated": tuple(f"thinker-
 
 def _check_stage_options(args: argparse.Namespace) -> None:
     """A TrainError when an option is given to a stage that does not read it (e.g. --extra to talker-general, --lr
-    to a tokenizer or codec taken from a shipped checkpoint as it is)."""
+    or --vocab-size to a tokenizer or codec taken from a shipped checkpoint as it is)."""
     taken = args.stage in ("tokenizer", "codec") and args.init is not None
     for option, stages in STAGE_OPTIONS.items():
         if getattr(args, option) is None:
@@ -421,7 +421,7 @@ def _check_stage_options(args: argparse.Namespace) -> None:
         flag = "--no-augment" if option == "augment" and args.augment is False else f"--{option.replace('_', '-')}"
         if args.stage not in stages:
             raise TrainError(f"{flag}: {args.stage} does not read it; only {', '.join(stages)} do")
-        if taken and stages is TRAINED:
+        if taken and (stages is TRAINED or option == "vocab_size"):
             raise TrainError(f"{flag}: {args.stage} --init {args.init} takes the shipped {args.stage} as it is, "
                              f"without training")
 
