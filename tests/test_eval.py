@@ -243,7 +243,7 @@ def test_eval_runs_end_to_end_and_writes_the_report(model_dir, data_dir, tmp_pat
     for heading in ("## Acceptance", "## ASR", "## Spoken questions", "## Speech output", "## Image questions",
                     "## Video captions and segments"):
         assert heading in report
-    assert "| criterion | measured | target | pass |" in report
+    assert "| criterion | measured | count (95% interval) | target | pass |" in report
     results = json.loads((out / "results.json").read_text())
     names = [r["criterion"] for r in results["acceptance"]]
     assert any(n.startswith("ASR") for n in names) and any("segments" in n for n in names)
@@ -312,3 +312,23 @@ def test_no_tts_verdict_where_the_judge_fails_on_espeak_ng_itself():
             if r["criterion"].startswith("TTS")}
     assert rows["en"]["pass"] is True and abs(rows["en"]["measured"] - 2.0) < 1e-9
     assert rows["zh"]["pass"] is None and "cannot hear" in rows["zh"]["criterion"]  # not a pass at -253 points
+
+
+def test_rates_carry_their_count_and_wilson_interval():
+    from omnistream.eval.evaluate import acceptance
+    from omnistream.eval.metrics import wilson_interval
+
+    lo, hi = wilson_interval(23, 26)
+    assert abs(lo - 0.7102) < 1e-3 and abs(hi - 0.9600) < 1e-3  # 23 of 26: 88.5%, and 90% is well inside
+    assert wilson_interval(10, 10)[1] == 1.0 and abs(wilson_interval(10, 10)[0] - 0.7225) < 1e-3
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+    results = {"questions": {"per_language": {"zh": {"n": 26, "accuracy": 23 / 26}, "en": {"n": 0}}},
+               "video": {"segments": {"all": {"within": 0.5, "hits": 5, "total": 10}}}}
+    rows = {r["criterion"]: r for r in acceptance(results, judge=False, speaker=False)}
+    zh = rows["spoken-question accuracy, Mandarin"]
+    assert zh["count"] == 26 and zh["interval"] == list(wilson_interval(23, 26)) and zh["pass"] is False
+    assert "count" not in rows["spoken-question accuracy, English"]  # nothing measured, nothing counted
+    seg = rows["video segments with both boundaries within 0.5 s"]
+    assert seg["count"] == 10 and seg["interval"][0] < 0.5 < seg["interval"][1]
+    assert "count" not in rows["ASR WER/CER (held-out voices and sentences)"]
+

@@ -402,13 +402,23 @@ def judge_floor(items: list[dict], judge) -> dict:
     return {"per_language": _by_language(records, score), "items": records}
 
 
-def _check(rows: list, name: str, value: float, target: str, ok: bool | None) -> None:
-    rows.append({"criterion": name, "measured": value, "target": target,
-                 "pass": None if ok is None or (isinstance(value, float) and math.isnan(value)) else bool(ok)})
+def _check(rows: list, name: str, value: float, target: str, ok: bool | None,
+           counted: tuple[int, int] | None = None) -> None:
+    """One criterion; a rate measured as hits of `counted` = (hits, total) also gets its count and 95% interval."""
+    row = {"criterion": name, "measured": value, "target": target,
+           "pass": None if ok is None or (isinstance(value, float) and math.isnan(value)) else bool(ok)}
+    if counted is not None and counted[1]:
+        row.update(count=counted[1], interval=list(metrics.wilson_interval(*counted)))
+    rows.append(row)
 
 
 def _fmt(value: float, spec: str, scale: float = 1.0, unit: str = "") -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value * scale:{spec}}{unit}"
+
+
+def _counted(rate: float, n: int) -> tuple[int, int] | None:
+    """(hits, n) of an accuracy over n items; None when it was not measured."""
+    return None if not n or math.isnan(rate) else (round(rate * n), n)
 
 
 def acceptance(results: dict, judge: bool = True, speaker: bool = True) -> list[dict]:
@@ -419,8 +429,8 @@ def acceptance(results: dict, judge: bool = True, speaker: bool = True) -> list[
     _check(rows, "ASR WER/CER (held-out voices and sentences)", asr, "<= 10%", asr <= 0.10)
     q = results.get("questions", {}).get("per_language", {})
     for lang, name in (("en", "English"), ("zh", "Mandarin")):
-        acc = q.get(lang, {}).get("accuracy", nan)
-        _check(rows, f"spoken-question accuracy, {name}", acc, ">= 90%", acc >= 0.90)
+        acc, n = q.get(lang, {}).get("accuracy", nan), q.get(lang, {}).get("n", 0)
+        _check(rows, f"spoken-question accuracy, {name}", acc, ">= 90%", acc >= 0.90, _counted(acc, n))
     tts = (results.get("tts") or [{}])[0].get("per_language", {})
     for lang in [k for k in tts if k != "all"] + (["all"] if "all" in tts else []):
         wer, floor = tts[lang].get("error_rate", nan), tts[lang].get("floor", nan)
@@ -436,12 +446,14 @@ def acceptance(results: dict, judge: bool = True, speaker: bool = True) -> list[
     _check(rows, f"voice-clone similarity minus the highest similarity to another voice (mean other "
                  f"{_fmt(other, '.3f')}; {_fmt(sim.get('above_rate', nan), '.0f', 100, '%')} of items above)",
            margin, "> 0", margin > 0)
-    img = results.get("image_qa", {}).get("per_language", {}).get("all", {}).get("accuracy", nan)
-    _check(rows, "image-question accuracy", img, ">= 90%", img >= 0.90)
-    seg = results.get("video", {}).get("segments", {}).get("all", {}).get("within", nan)
-    _check(rows, f"video segments with both boundaries within {TOLERANCE_S} s", seg, ">= 90%", seg >= 0.90)
-    cap = results.get("video", {}).get("captions", {}).get("all", {}).get("within", nan)
-    _check(rows, f"caption events within {TOLERANCE_S} s", cap, ">= 90%", cap >= 0.90)
+    img = results.get("image_qa", {}).get("per_language", {}).get("all", {})
+    _check(rows, "image-question accuracy", img.get("accuracy", nan), ">= 90%", img.get("accuracy", nan) >= 0.90,
+           _counted(img.get("accuracy", nan), img.get("n", 0)))
+    for kind, name in (("segments", "video segments with both boundaries"), ("captions", "caption events")):
+        timing = results.get("video", {}).get(kind, {}).get("all", {})
+        within = timing.get("within", nan)
+        _check(rows, f"{name} within {TOLERANCE_S} s", within, ">= 90%", within >= 0.90,
+               (timing["hits"], timing["total"]) if "hits" in timing else None)
     return rows
 
 

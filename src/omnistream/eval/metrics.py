@@ -345,3 +345,13 @@ def event_score(predicted: list[Event], reference: list[Event], tolerance: float
 def rate(hits: int, total: int) -> float:
     """hits / total, NaN when there is nothing to count."""
     return hits / total if total else float("nan")
+
+
+def wilson_interval(hits: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of the rate hits / total (95% at z = 1.96); NaNs when there is nothing to count."""
+    if total <= 0:
+        return float("nan"), float("nan")
+    p, spread = hits / total, z * z / total
+    centre = (p + spread / 2) / (1 + spread)
+    half = z * math.sqrt(p * (1 - p) / total + spread / (4 * total)) / (1 + spread)
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -108,6 +108,14 @@ def _measured(row: dict) -> str:
     return _pct(v)
 
 
+def _interval(row: dict) -> str:
+    """"26 (71.0-96.0%)" for a counted rate, "" for other criteria."""
+    if not row.get("count"):
+        return ""
+    lo, hi = row["interval"]
+    return f"{row['count']} ({lo * 100:.1f}-{hi * 100:.1f}%)"
+
+
 def _plain(value):
     """JSON-ready: NaN and infinities as null, numpy scalars and tuples as plain values."""
     if isinstance(value, dict):
@@ -160,9 +168,10 @@ def write_report(results: dict, out: str | Path) -> Path:
         md += ["![floor](plots/floor.png)", ""]
 
     if results.get("acceptance"):
-        md += ["## Acceptance", ""]
-        md += _table(["criterion", "measured", "target", "pass"],
-                     [[r["criterion"], _measured(r), r["target"],
+        md += ["## Acceptance", "", "A rate's count is its items (segments, events); the interval is its Wilson 95% "
+               "interval, how far the rate could be from the model's own on so many.", ""]
+        md += _table(["criterion", "measured", "count (95% interval)", "target", "pass"],
+                     [[r["criterion"], _measured(r), _interval(r), r["target"],
                        "n/a" if r["pass"] is None else ("yes" if r["pass"] else "**no**")]
                       for r in results["acceptance"]])
 
