@@ -447,8 +447,8 @@ def acceptance(results: dict, judge: bool = True, speaker: bool = True) -> list[
                  f"{_fmt(other, '.3f')}; {_fmt(sim.get('above_rate', nan), '.0f', 100, '%')} of items above)",
            margin, "> 0", margin > 0)
     img = results.get("image_qa", {}).get("per_language", {}).get("all", {})
-    _check(rows, "image-question accuracy", img.get("accuracy", nan), ">= 90%", img.get("accuracy", nan) >= 0.90,
-           _counted(img.get("accuracy", nan), img.get("n", 0)))
+    acc = img.get("accuracy", nan)
+    _check(rows, "image-question accuracy", acc, ">= 90%", acc >= 0.90, _counted(acc, img.get("n", 0)))
     for kind, name in (("segments", "video segments with both boundaries"), ("captions", "caption events")):
         timing = results.get("video", {}).get(kind, {}).get("all", {})
         within = timing.get("within", nan)

@@ -168,8 +168,8 @@ def write_report(results: dict, out: str | Path) -> Path:
         md += ["![floor](plots/floor.png)", ""]
 
     if results.get("acceptance"):
-        md += ["## Acceptance", "", "A rate's count is its items (segments, events); the interval is its Wilson 95% "
-               "interval, how far the rate could be from the model's own on so many.", ""]
+        md += ["## Acceptance", "", "A rate's count is what it was measured on (items, segments, events); its Wilson "
+               "95% interval is the range of true rates that so many are consistent with.", ""]
         md += _table(["criterion", "measured", "count (95% interval)", "target", "pass"],
                      [[r["criterion"], _measured(r), _interval(r), r["target"],
                        "n/a" if r["pass"] is None else ("yes" if r["pass"] else "**no**")]
