@@ -421,7 +421,7 @@ def _check_stage_options(args: argparse.Namespace) -> None:
         flag = "--no-augment" if option == "augment" and args.augment is False else f"--{option.replace('_', '-')}"
         if args.stage not in stages:
             raise TrainError(f"{flag}: {args.stage} does not read it; only {', '.join(stages)} do")
-        if taken and (stages is TRAINED or option == "vocab_size"):
+        if taken:  # a shipped tokenizer or codec taken as it is reads none of its stage's options
             raise TrainError(f"{flag}: {args.stage} --init {args.init} takes the shipped {args.stage} as it is, "
                              f"without training")
 
